@@ -1,0 +1,13 @@
+//! coffer: an encrypted store for a company's confidential documents and cached ERP
+//! records, served to its mobile app over mutual TLS.
+//!
+//! Layers, bottom up: [`secret`] and [`model`] (no I/O), [`crypto`] (KDF, key file,
+//! envelope and chunk encryption), [`store`] (redb, typed tables, no plaintext),
+//! [`app`] (use cases combining keys and store), and the command line in `cli`.
+
+pub mod app;
+pub mod cli;
+pub mod crypto;
+pub mod model;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,111 @@
+//! Devices. The name, certificate thumbprint and revoked flag are sealed; the thumbprint is
+//! found through a keyed hash. Owner and expiry stay in clear (an owner id and a timestamp).
+
+use redb::{Durability, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode, encode};
+use super::tables::{DEVICE_THUMBPRINTS, DEVICES};
+use super::{Snapshot, Store, StoreError, WrappedRecord};
+use crate::model::{DeviceId, Timestamp, UserId};
+
+/// A device as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDevice {
+    /// The user the device belongs to.
+    pub owner: UserId,
+    /// Certificate expiry.
+    pub expires: Timestamp,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Last change.
+    pub updated: Timestamp,
+    /// Master key version wrapping `wrapped_dek`.
+    pub key_version: u32,
+    /// The record's data key, wrapped.
+    pub wrapped_dek: Vec<u8>,
+    /// Sealed body (name, certificate thumbprint, revoked).
+    pub sealed: Vec<u8>,
+}
+
+/// Versioned encoding of [`StoredDevice`].
+#[derive(Serialize, Deserialize)]
+pub enum DeviceRecord {
+    /// Format 1.
+    V1(StoredDevice),
+}
+
+impl WrappedRecord for StoredDevice {
+    const WHAT: &'static str = "a device record";
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        match decode::<DeviceRecord>(bytes, Self::WHAT)? {
+            DeviceRecord::V1(u) => Ok(u),
+        }
+    }
+    fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        encode(&DeviceRecord::V1(self.clone()))
+    }
+    fn key_version(&self) -> u32 {
+        self.key_version
+    }
+}
+
+impl Store {
+    /// Adds a device under the keyed hash of its certificate thumbprint.
+    pub fn insert_device(&self, id: DeviceId, user: &StoredDevice, thumbprint_index: [u8; 32]) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        {
+            let mut names = txn.open_table(DEVICE_THUMBPRINTS)?;
+            if names.get(thumbprint_index)?.is_some() {
+                return Err(StoreError::Conflict("a device with this certificate"));
+            }
+            let mut users = txn.open_table(DEVICES)?;
+            if users.get(id.0)?.is_some() {
+                return Err(StoreError::Conflict("a device with this id"));
+            }
+            names.insert(thumbprint_index, id.0)?;
+            users.insert(id.0, user.encode()?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Replaces a device's record (revocation); its thumbprint is unchanged.
+    pub fn update_device(&self, id: DeviceId, user: &StoredDevice) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        {
+            let mut users = txn.open_table(DEVICES)?;
+            if users.get(id.0)?.is_none() {
+                return Err(StoreError::NotFound("device"));
+            }
+            users.insert(id.0, user.encode()?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// One device's record.
+    pub fn device(&self, id: DeviceId) -> Result<Option<StoredDevice>, StoreError> {
+        let t = self.txn.open_table(DEVICES)?;
+        let guard = t.get(id.0)?;
+        guard.map(|g| StoredDevice::decode(g.value())).transpose()
+    }
+
+    /// The device id under a keyed thumbprint hash.
+    pub fn device_id_by_thumbprint_index(&self, thumbprint_index: [u8; 32]) -> Result<Option<DeviceId>, StoreError> {
+        Ok(self.txn.open_table(DEVICE_THUMBPRINTS)?.get(thumbprint_index)?.map(|g| DeviceId(g.value())))
+    }
+
+    /// Every device record, in id order.
+    pub fn devices(&self) -> Result<Vec<(DeviceId, StoredDevice)>, StoreError> {
+        let t = self.txn.open_table(DEVICES)?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            out.push((DeviceId(k.value()), StoredDevice::decode(v.value())?));
+        }
+        Ok(out)
+    }
+}

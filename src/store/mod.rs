@@ -1,0 +1,339 @@
+//! The database: redb behind a typed layer. Only this module touches tables, and it never
+//! sees plaintext content or keys: records arrive sealed from `app`.
+
+mod codec;
+mod devices;
+mod documents;
+mod tables;
+mod users;
+
+use std::collections::BTreeMap;
+use std::ops::RangeFrom;
+use std::path::Path;
+
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+pub use devices::{DeviceRecord, StoredDevice};
+pub use documents::{DocumentRecord, StoredDocument};
+pub use tables::SCHEMA_VERSION;
+pub use users::{StoredUser, UserRecord};
+
+use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
+
+/// Default redb page-cache size: 32 MiB. redb's own default (1 GiB) would show up as RSS.
+pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No database at the path.
+    #[error("no database at {0}: run `coffer init` first (or pass the right --data-dir)")]
+    Missing(String),
+    /// Another process (usually the running server) has the database open.
+    #[error("the database is in use by another coffer process (is `coffer serve` running?)")]
+    InUse,
+    /// A newer coffer wrote this database.
+    #[error("database schema version {0} is newer than this coffer supports ({SCHEMA_VERSION}); upgrade coffer")]
+    NewerSchema(u32),
+    /// A record or the database structure is damaged.
+    #[error("the database is damaged: {0} is unreadable (run `coffer verify`, restore from backup)")]
+    Corrupt(&'static str),
+    /// A unique name or thumbprint is already taken.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The object to update does not exist (or no longer).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// redb failed (I/O, full disk, ...).
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+            other => StoreError::Db(other.into()),
+        }
+    }
+}
+
+/// How to open the database.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// redb page cache in bytes.
+    pub cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_bytes: DEFAULT_CACHE_BYTES }
+    }
+}
+
+/// Counts found when a database is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Abandoned uploads removed.
+    pub staged_uploads_removed: u64,
+    /// Their chunks removed.
+    pub staged_chunks_removed: u64,
+}
+
+/// The open database.
+pub struct Store {
+    db: Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Creates a new database at `path`, which must not exist yet.
+    pub fn create(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Conflict("a database at this path"));
+        }
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
+            // Create every table so readers never meet a missing one.
+            txn.open_table(DOCUMENTS)?;
+            txn.open_table(CHUNKS)?;
+            txn.open_table(STAGING)?;
+            txn.open_table(USERS)?;
+            txn.open_table(USER_NAMES)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(DEVICE_THUMBPRINTS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Opens an existing database, checks its schema version, and removes uploads that
+    /// were never published (a crash or a dropped connection mid-upload).
+    pub fn open(path: &Path, options: StoreOptions) -> Result<(Self, OpenReport), StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        let db = Database::builder().set_cache_size(options.cache_bytes).open(path)?;
+        let store = Self { db };
+        store.check_schema()?;
+        let report = store.collect_staged()?;
+        Ok((store, report))
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META).map_err(|_| StoreError::Corrupt("schema version"))?;
+        let guard = meta.get(SCHEMA_KEY)?.ok_or(StoreError::Corrupt("schema version"))?;
+        let bytes: [u8; 4] = guard.value().try_into().map_err(|_| StoreError::Corrupt("schema version"))?;
+        match u32::from_be_bytes(bytes) {
+            SCHEMA_VERSION => Ok(()),
+            v if v > SCHEMA_VERSION => Err(StoreError::NewerSchema(v)),
+            _ => Err(StoreError::Corrupt("schema version")),
+        }
+    }
+
+    fn collect_staged(&self) -> Result<OpenReport, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut report = OpenReport::default();
+        {
+            let mut staging = txn.open_table(STAGING)?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let ids: Vec<u128> = staging.iter()?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+            for id in ids {
+                report.staged_chunks_removed += remove_chunks(&mut chunks, id)?;
+                staging.remove(id)?;
+                report.staged_uploads_removed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(report)
+    }
+
+    /// A consistent read-only view of the whole database.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot { txn: self.db.begin_read()? })
+    }
+
+    /// Allocated bytes and stored bytes of the database, for space accounting.
+    pub fn space(&self) -> Result<Space, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let space = Space {
+            allocated_bytes: stats.allocated_pages() * stats.page_size() as u64,
+            stored_bytes: stats.stored_bytes(),
+            metadata_bytes: stats.metadata_bytes(),
+            fragmented_bytes: stats.fragmented_bytes(),
+        };
+        txn.abort()?;
+        Ok(space)
+    }
+
+    /// How many stored objects each master key version wraps.
+    pub fn key_usage(&self) -> Result<BTreeMap<u32, u64>, StoreError> {
+        let snap = self.snapshot()?;
+        let mut usage = BTreeMap::new();
+        count_versions::<StoredDocument>(&snap.txn, DOCUMENTS, &mut usage)?;
+        count_versions::<StoredUser>(&snap.txn, USERS, &mut usage)?;
+        count_versions::<StoredDevice>(&snap.txn, DEVICES, &mut usage)?;
+        Ok(usage)
+    }
+
+    fn write(&self, durability: Durability) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        Ok(txn)
+    }
+}
+
+/// Space accounting from redb.
+#[derive(Clone, Copy, Debug)]
+pub struct Space {
+    /// Bytes in allocated pages.
+    pub allocated_bytes: u64,
+    /// Bytes of keys and values stored.
+    pub stored_bytes: u64,
+    /// Bytes of redb's own metadata.
+    pub metadata_bytes: u64,
+    /// Bytes lost to fragmentation.
+    pub fragmented_bytes: u64,
+}
+
+/// A read transaction: everything read through it is from one consistent point in time.
+pub struct Snapshot {
+    txn: ReadTransaction,
+}
+
+/// Deletes every chunk of `id` from an open CHUNKS table; returns how many.
+fn remove_chunks(chunks: &mut redb::Table<(u128, u32), &[u8]>, id: u128) -> Result<u64, StoreError> {
+    let mut n = 0u64;
+    chunks.retain_in((id, 0)..=(id, u32::MAX), |_, _| {
+        n += 1;
+        false
+    })?;
+    Ok(n)
+}
+
+/// A record family that carries a data key wrapped under a master key version.
+pub trait WrappedRecord: Sized {
+    /// Name used in errors.
+    const WHAT: &'static str;
+    /// Strictly decodes stored bytes.
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError>;
+    /// Encodes for storage.
+    fn encode(&self) -> Result<Vec<u8>, StoreError>;
+    /// The master key version its data key is wrapped under.
+    fn key_version(&self) -> u32;
+}
+
+fn count_versions<R: WrappedRecord>(
+    txn: &ReadTransaction,
+    table: TableDefinition<u128, &[u8]>,
+    usage: &mut BTreeMap<u32, u64>,
+) -> Result<(), StoreError> {
+    let t = txn.open_table(table)?;
+    for entry in t.iter()? {
+        let (_, v) = entry?;
+        *usage.entry(R::decode(v.value())?.key_version()).or_default() += 1;
+    }
+    Ok(())
+}
+
+/// What a rewrap step produced for one record.
+pub struct Rewrapped<R> {
+    /// The record with its data key wrapped under the target version.
+    pub record: R,
+    /// For indexed families: (old index key, new index key).
+    pub reindex: Option<([u8; 32], [u8; 32])>,
+}
+
+/// Progress of one rewrap batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewrapBatch {
+    /// Records rewrapped in this batch.
+    pub rewrapped: usize,
+    /// Where the next batch starts; `None` once the table is done.
+    pub next: Option<u128>,
+}
+
+/// The record families that hold wrapped data keys, in rotation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Documents.
+    Documents,
+    /// Users.
+    Users,
+    /// Devices.
+    Devices,
+}
+
+impl Store {
+    /// Rewraps up to `limit` records of `family` whose key version differs from `target`,
+    /// starting at id `from`, in one durable commit. `f` does the cryptography.
+    pub fn rewrap_batch<R: WrappedRecord, E: From<StoreError>>(
+        &self,
+        family: Family,
+        from: RangeFrom<u128>,
+        target: u32,
+        limit: usize,
+        mut f: impl FnMut(u128, R) -> Result<Rewrapped<R>, E>,
+    ) -> Result<RewrapBatch, E> {
+        let (table, index) = match family {
+            Family::Documents => (DOCUMENTS, None),
+            Family::Users => (USERS, Some(USER_NAMES)),
+            Family::Devices => (DEVICES, Some(DEVICE_THUMBPRINTS)),
+        };
+        let txn = self.write(Durability::Immediate)?;
+        let mut done = 0usize;
+        let mut next = None;
+        {
+            let mut t = txn.open_table(table).map_err(StoreError::from)?;
+            let mut todo = Vec::new();
+            for entry in t.range(from).map_err(StoreError::from)? {
+                let (k, v) = entry.map_err(StoreError::from)?;
+                if todo.len() == limit {
+                    next = Some(k.value());
+                    break;
+                }
+                let rec = R::decode(v.value())?;
+                if rec.key_version() != target {
+                    todo.push((k.value(), rec));
+                }
+            }
+            let mut idx = match index {
+                Some(def) => Some(txn.open_table(def).map_err(StoreError::from)?),
+                None => None,
+            };
+            for (id, rec) in todo {
+                let out = f(id, rec)?;
+                t.insert(id, out.record.encode()?.as_slice()).map_err(StoreError::from)?;
+                if let (Some(idx), Some((old, new))) = (idx.as_mut(), out.reindex) {
+                    idx.remove(old).map_err(StoreError::from)?;
+                    idx.insert(new, id).map_err(StoreError::from)?;
+                }
+                done += 1;
+            }
+        }
+        txn.commit().map_err(StoreError::from)?;
+        Ok(RewrapBatch { rewrapped: done, next })
+    }
+}

@@ -1,0 +1,25 @@
+//! Every table of the database, in one place, with the schema version.
+
+use redb::TableDefinition;
+
+/// Schema version written into [`META`] under [`SCHEMA_KEY`]. Bump with a migration.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Key of the schema version in [`META`].
+pub const SCHEMA_KEY: &str = "schema_version";
+
+/// Database-wide settings: the schema version.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Published documents by id: postcard `DocumentRecord`.
+pub const DOCUMENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("documents");
+/// Sealed content chunks by (document id, chunk index). Staged and published alike.
+pub const CHUNKS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("chunks");
+/// Uploads in progress by id: postcard `StagedUpload`. Their chunks are in [`CHUNKS`].
+pub const STAGING: TableDefinition<u128, &[u8]> = TableDefinition::new("staging");
+/// Users by id: postcard `UserRecord`.
+pub const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+/// Keyed hash of a user name → user id.
+pub const USER_NAMES: TableDefinition<[u8; 32], u128> = TableDefinition::new("user_names");
+/// Devices by id: postcard `DeviceRecord`.
+pub const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
+/// Keyed hash of a device certificate's SHA-256 thumbprint → device id.
+pub const DEVICE_THUMBPRINTS: TableDefinition<[u8; 32], u128> = TableDefinition::new("device_thumbprints");
