@@ -1,1 +1,205 @@
-//! App
+//! Use cases shared by the command line, the HTTP API and the admin socket. A [`Vault`] is
+//! an unlocked coffer: the keyring and the open store.
+
+pub mod documents;
+pub mod durable;
+pub mod init;
+pub mod keys;
+pub mod principals;
+pub mod unlock;
+
+use std::path::{Path, PathBuf};
+
+use crate::crypto::IntegrityError;
+use crate::crypto::SealError;
+use crate::crypto::keyfile::{Kek, KeyFileError, Keyring, SealFileError};
+use crate::secret::Passphrase;
+use crate::store::{OpenReport, Store, StoreError, StoreOptions};
+
+/// Name of the key file inside the keys directory.
+pub const KEY_FILE: &str = "master.key";
+/// Name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "coffer.redb";
+
+/// Where coffer keeps its files.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// Data directory (database).
+    pub data_dir: PathBuf,
+    /// Keys directory (key file, later CA and server keys).
+    pub keys_dir: PathBuf,
+}
+
+impl Paths {
+    /// `keys/master.key`.
+    pub fn key_file(&self) -> PathBuf {
+        self.keys_dir.join(KEY_FILE)
+    }
+
+    /// `data/coffer.redb`.
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join(DATABASE_FILE)
+    }
+}
+
+/// Unlocking failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnlockError {
+    /// There is no key file.
+    #[error("no key file at {0}: run `coffer init` first (or pass the right --keys-dir)")]
+    NoKeyFile(String),
+    /// The key file cannot be read.
+    #[error("cannot read the key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The passphrase is wrong (or the key file was altered).
+    #[error("wrong passphrase for {0} (nothing was changed)")]
+    WrongPassphrase(String),
+    /// The key file is damaged or of another format.
+    #[error("{path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: KeyFileError,
+    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Errors of operations on an unlocked coffer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    /// No such object (or not visible).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Stored data failed authentication; nothing of it was released.
+    #[error("integrity error in {what} {id}: stored data was altered or damaged (restore it from a backup)")]
+    Integrity {
+        /// Kind of object.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// A record refers to a master key version the keyring no longer holds.
+    #[error("{what} {id} is wrapped under master key version {version}, which the key file does not hold")]
+    MissingKeyVersion {
+        /// Kind of object.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// The version.
+        version: u32,
+    },
+    /// The request is invalid (bad range, field too long, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// Encryption failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Sealing the key file failed.
+    #[error(transparent)]
+    SealFile(#[from] SealFileError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl VaultError {
+    fn integrity(what: &'static str, id: impl std::fmt::Display) -> impl FnOnce(IntegrityError) -> Self {
+        let id = id.to_string();
+        move |_| Self::Integrity { what, id }
+    }
+}
+
+/// An unlocked coffer.
+pub struct Vault {
+    paths: Paths,
+    keyring: Keyring,
+    kek: Kek,
+    store: Store,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("paths", &self.paths).finish_non_exhaustive()
+    }
+}
+
+/// Reads the key file and opens it with `passphrase`. Writes nothing.
+pub fn unlock_keyring(paths: &Paths, passphrase: &Passphrase) -> Result<(Keyring, Kek), UnlockError> {
+    let path = paths.key_file();
+    let shown = path.display().to_string();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(UnlockError::NoKeyFile(shown)),
+        Err(source) => return Err(UnlockError::Read { path: shown, source }),
+    };
+    Keyring::open(&bytes, passphrase).map_err(|e| match e {
+        KeyFileError::WrongPassphrase => UnlockError::WrongPassphrase(shown),
+        source => UnlockError::KeyFile { path: shown, source },
+    })
+}
+
+impl Vault {
+    /// Unlocks the key file, then opens the database (removing abandoned uploads). A wrong
+    /// passphrase fails before the database is touched.
+    pub fn open(paths: &Paths, passphrase: &Passphrase, options: StoreOptions) -> Result<(Self, OpenReport), UnlockError> {
+        let (keyring, kek) = unlock_keyring(paths, passphrase)?;
+        let (store, report) = Store::open(&paths.database(), options)?;
+        Ok((Self { paths: paths.clone(), keyring, kek, store }, report))
+    }
+
+    /// The underlying store (for space accounting, snapshots and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The unlocked keyring.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Where the files are.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    fn master(&self, what: &'static str, id: impl std::fmt::Display, version: u32) -> Result<&crate::crypto::keyfile::MasterKey, VaultError> {
+        self.keyring
+            .version(version)
+            .ok_or_else(|| VaultError::MissingKeyVersion { what, id: id.to_string(), version })
+    }
+
+    /// Seals the keyring under the current KEK and replaces the key file atomically.
+    fn write_key_file(&self) -> Result<(), VaultError> {
+        write_key_file(&self.paths, &self.keyring, &self.kek)
+    }
+}
+
+fn write_key_file(paths: &Paths, keyring: &Keyring, kek: &Kek) -> Result<(), VaultError> {
+    let bytes = keyring.seal(kek)?;
+    let path = paths.key_file();
+    durable::write_atomic(&path, &bytes, 0o600)
+        .map_err(|source| VaultError::Write { path: path.display().to_string(), source })
+}
+
+/// Checks whether `path` exists without following a dangling symlink into "absent".
+fn path_exists(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}

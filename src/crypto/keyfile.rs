@@ -174,21 +174,19 @@ impl Keyring {
         Ok(Self { versions, current })
     }
 
-    /// Seals the keyring under `passphrase` with a fresh salt: the complete file contents.
-    pub fn seal(&self, passphrase: &Passphrase, params: KdfParams) -> Result<Vec<u8>, SealFileError> {
-        let salt: [u8; SALT_LEN] = random_bytes()?;
+    /// Seals the keyring under `kek`: the complete file contents.
+    pub fn seal(&self, kek: &Kek) -> Result<Vec<u8>, SealError> {
         let nonce: [u8; NONCE_LEN] = random_bytes()?;
-        let kek = params.derive(passphrase, &salt)?;
         let mut out = Vec::with_capacity(HEADER_LEN + 6 + self.versions.len() * ENTRY_LEN + TAG_LEN);
         out.extend_from_slice(&KEYFILE_MAGIC);
         out.extend_from_slice(&KEYFILE_VERSION.to_be_bytes());
-        out.extend_from_slice(&params.m_cost_kib.to_be_bytes());
-        out.extend_from_slice(&params.t_cost.to_be_bytes());
-        out.extend_from_slice(&params.p_cost.to_be_bytes());
-        out.extend_from_slice(&salt);
+        out.extend_from_slice(&kek.params.m_cost_kib.to_be_bytes());
+        out.extend_from_slice(&kek.params.t_cost.to_be_bytes());
+        out.extend_from_slice(&kek.params.p_cost.to_be_bytes());
+        out.extend_from_slice(&kek.salt);
         out.extend_from_slice(&nonce);
         let mut body = self.encode();
-        let tag = cipher(&kek)
+        let tag = cipher(&kek.key)
             .encrypt_inout_detached(&XNonce::from(nonce), &out[..HEADER_LEN], body.as_mut_slice().into())
             .map_err(|_| SealError::TooLong)?;
         out.extend_from_slice(&body);
@@ -196,19 +194,47 @@ impl Keyring {
         Ok(out)
     }
 
-    /// Opens a key file's contents with `passphrase`.
-    pub fn open(file: &[u8], passphrase: &Passphrase) -> Result<Self, KeyFileError> {
+    /// Opens a key file's contents with `passphrase`; also returns the key-encryption key,
+    /// so the keyring can be re-sealed (rotation) without running argon2id again.
+    pub fn open(file: &[u8], passphrase: &Passphrase) -> Result<(Self, Kek), KeyFileError> {
         let header = KeyFileHeader::parse(file)?;
-        let kek = header.params.derive(passphrase, &header.salt)?;
+        let kek = Kek { key: header.params.derive(passphrase, &header.salt)?, params: header.params, salt: header.salt };
         let (aad, sealed) = file.split_at(HEADER_LEN);
-        let (body, tag) = sealed.split_at_checked(sealed.len().checked_sub(TAG_LEN).ok_or(KeyFileError::Malformed)?)
-            .ok_or(KeyFileError::Malformed)?;
+        let body_len = sealed.len().checked_sub(TAG_LEN).ok_or(KeyFileError::Malformed)?;
+        let (body, tag) = sealed.split_at(body_len);
         let tag = Tag::try_from(tag).map_err(|_| KeyFileError::Malformed)?;
         let mut plain = Zeroizing::new(body.to_vec());
-        cipher(&kek)
+        cipher(&kek.key)
             .decrypt_inout_detached(&XNonce::from(header.nonce), aad, plain.as_mut_slice().into(), &tag)
             .map_err(|_| KeyFileError::WrongPassphrase)?;
-        Self::decode(&plain)
+        Ok((Self::decode(&plain)?, kek))
+    }
+}
+
+/// The key-encryption key derived from the passphrase, with the salt and parameters it
+/// was derived with.
+pub struct Kek {
+    key: SecretKey,
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek").field("params", &self.params).finish_non_exhaustive()
+    }
+}
+
+impl Kek {
+    /// Derives a new key-encryption key from `passphrase` with a fresh salt.
+    pub fn derive(passphrase: &Passphrase, params: KdfParams) -> Result<Self, SealFileError> {
+        let salt: [u8; SALT_LEN] = random_bytes()?;
+        Ok(Self { key: params.derive(passphrase, &salt)?, params, salt })
+    }
+
+    /// The argon2id parameters.
+    pub fn params(&self) -> KdfParams {
+        self.params
     }
 }
 
@@ -271,8 +297,13 @@ mod tests {
     fn seal_open_round_trip() {
         let mut ring = Keyring::generate().unwrap();
         ring.add_version().unwrap();
-        let file = ring.seal(&pass("a long passphrase"), KdfParams::for_tests()).unwrap();
-        let back = Keyring::open(&file, &pass("a long passphrase")).unwrap();
+        let kek = Kek::derive(&pass("a long passphrase"), KdfParams::for_tests()).unwrap();
+        let file = ring.seal(&kek).unwrap();
+        let (back, kek2) = Keyring::open(&file, &pass("a long passphrase")).unwrap();
+        assert_eq!(kek2.params(), KdfParams::for_tests());
+        // Re-sealing with the recovered KEK opens with the same passphrase.
+        let again = back.seal(&kek2).unwrap();
+        assert!(Keyring::open(&again, &pass("a long passphrase")).is_ok());
         assert_eq!(back.current().0, 2);
         assert_eq!(back.versions().collect::<Vec<_>>(), vec![1, 2]);
         for v in [1, 2] {
@@ -283,7 +314,8 @@ mod tests {
     #[test]
     fn wrong_passphrase_and_tampering_are_refused() {
         let ring = Keyring::generate().unwrap();
-        let file = ring.seal(&pass("right passphrase"), KdfParams::for_tests()).unwrap();
+        let kek = Kek::derive(&pass("right passphrase"), KdfParams::for_tests()).unwrap();
+        let file = ring.seal(&kek).unwrap();
         assert!(matches!(Keyring::open(&file, &pass("wrong passphrase")), Err(KeyFileError::WrongPassphrase)));
         // Any altered byte after the magic/version is refused (params may fail validation first).
         for i in 10..file.len() {

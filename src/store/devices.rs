@@ -52,33 +52,39 @@ impl WrappedRecord for StoredDevice {
 
 impl Store {
     /// Adds a device under the keyed hash of its certificate thumbprint.
-    pub fn insert_device(&self, id: DeviceId, user: &StoredDevice, thumbprint_index: [u8; 32]) -> Result<(), StoreError> {
+    pub fn insert_device(&self, id: DeviceId, device: &StoredDevice, thumbprint_index: [u8; 32]) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut names = txn.open_table(DEVICE_THUMBPRINTS)?;
             if names.get(thumbprint_index)?.is_some() {
                 return Err(StoreError::Conflict("a device with this certificate"));
             }
-            let mut users = txn.open_table(DEVICES)?;
-            if users.get(id.0)?.is_some() {
+            let mut devices = txn.open_table(DEVICES)?;
+            if devices.get(id.0)?.is_some() {
                 return Err(StoreError::Conflict("a device with this id"));
             }
             names.insert(thumbprint_index, id.0)?;
-            users.insert(id.0, user.encode()?.as_slice())?;
+            devices.insert(id.0, device.encode()?.as_slice())?;
         }
         txn.commit()?;
         Ok(())
     }
 
-    /// Replaces a device's record (revocation); its thumbprint is unchanged.
-    pub fn update_device(&self, id: DeviceId, user: &StoredDevice) -> Result<(), StoreError> {
+    /// Replaces a device's record; `reindex` moves its thumbprint index entry when the
+    /// record's master key version changed.
+    pub fn update_device(&self, id: DeviceId, device: &StoredDevice, reindex: Option<([u8; 32], [u8; 32])>) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
-            let mut users = txn.open_table(DEVICES)?;
-            if users.get(id.0)?.is_none() {
+            let mut devices = txn.open_table(DEVICES)?;
+            if devices.get(id.0)?.is_none() {
                 return Err(StoreError::NotFound("device"));
             }
-            users.insert(id.0, user.encode()?.as_slice())?;
+            devices.insert(id.0, device.encode()?.as_slice())?;
+            if let Some((old, new)) = reindex {
+                let mut index = txn.open_table(DEVICE_THUMBPRINTS)?;
+                index.remove(old)?;
+                index.insert(new, id.0)?;
+            }
         }
         txn.commit()?;
         Ok(())

@@ -124,6 +124,9 @@ impl Store {
             txn.open_table(DEVICE_THUMBPRINTS)?;
         }
         txn.commit()?;
+        // The file holds only ciphertext and clear ids, but nobody else needs to read it.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         Ok(Self { db })
     }
 

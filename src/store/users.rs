@@ -66,8 +66,9 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a user's record (its name, and so its index entry, is unchanged).
-    pub fn update_user(&self, id: UserId, user: &StoredUser) -> Result<(), StoreError> {
+    /// Replaces a user's record; `reindex` moves its name index entry when the record's
+    /// master key version changed.
+    pub fn update_user(&self, id: UserId, user: &StoredUser, reindex: Option<([u8; 32], [u8; 32])>) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut users = txn.open_table(USERS)?;
@@ -75,6 +76,11 @@ impl Store {
                 return Err(StoreError::NotFound("user"));
             }
             users.insert(id.0, user.encode()?.as_slice())?;
+            if let Some((old, new)) = reindex {
+                let mut index = txn.open_table(USER_NAMES)?;
+                index.remove(old)?;
+                index.insert(new, id.0)?;
+            }
         }
         txn.commit()?;
         Ok(())

@@ -1,0 +1,158 @@
+//! Master key lifecycle: rotation (new version, rewrap every data key, retire unused
+//! versions), passphrase change (re-seal the keyring only), and status.
+
+use std::collections::BTreeMap;
+
+use super::{Vault, VaultError, write_key_file};
+use crate::crypto::kdf::KdfParams;
+use crate::crypto::keyfile::Kek;
+use crate::crypto::labels::Purpose;
+use crate::secret::Passphrase;
+use crate::store::{Family, Rewrapped, StoredDevice, StoredDocument, StoredUser};
+
+/// Records rewrapped per durable commit.
+pub const REWRAP_BATCH: usize = 256;
+
+/// Master key versions and what uses them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The version new objects are wrapped under.
+    pub current: u32,
+    /// Versions the key file holds, with how many objects each wraps.
+    pub versions: BTreeMap<u32, u64>,
+    /// Versions objects refer to that the key file does not hold (damage).
+    pub missing: BTreeMap<u32, u64>,
+    /// argon2id parameters of the key file.
+    pub kdf: KdfParams,
+}
+
+/// Outcome of a completed rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotateReport {
+    /// The version everything is now wrapped under.
+    pub current: u32,
+    /// True if this run resumed an interrupted rotation instead of starting a new one.
+    pub resumed: bool,
+    /// Records rewrapped by this run.
+    pub rewrapped: u64,
+    /// Versions removed from the key file.
+    pub retired: Vec<u32>,
+}
+
+const FAMILIES: [Family; 3] = [Family::Documents, Family::Users, Family::Devices];
+
+/// A rotation under way. Each [`step`](Self::step) commits durably, so stopping between
+/// (or during) steps is safe: running `coffer key rotate` again resumes it.
+pub struct Rotation<'v> {
+    vault: &'v mut Vault,
+    target: u32,
+    resumed: bool,
+    family: usize,
+    cursor: Option<u128>,
+    rewrapped: u64,
+}
+
+impl Vault {
+    /// Master key versions, their use and the KDF parameters.
+    pub fn key_status(&self) -> Result<KeyStatus, VaultError> {
+        let usage = self.store.key_usage()?;
+        let mut versions: BTreeMap<u32, u64> = self.keyring.versions().map(|v| (v, 0)).collect();
+        let mut missing = BTreeMap::new();
+        for (v, n) in usage {
+            match versions.get_mut(&v) {
+                Some(count) => *count = n,
+                None => {
+                    missing.insert(v, n);
+                }
+            }
+        }
+        Ok(KeyStatus { current: self.keyring.current().0, versions, missing, kdf: self.kek.params() })
+    }
+
+    /// Starts a rotation, or resumes one that was interrupted (the key file still holds an
+    /// older version besides the current one). A new version is written to the key file
+    /// before anything is wrapped under it.
+    pub fn begin_rotation(&mut self) -> Result<Rotation<'_>, VaultError> {
+        let resumed = self.keyring.versions().count() > 1;
+        if !resumed {
+            self.keyring.add_version()?;
+            self.write_key_file()?;
+        }
+        let target = self.keyring.current().0;
+        Ok(Rotation { vault: self, target, resumed, family: 0, cursor: Some(0), rewrapped: 0 })
+    }
+
+    /// Rotates the master key in one go (see [`Rotation`]).
+    pub fn rotate(&mut self, mut progress: impl FnMut(u64)) -> Result<RotateReport, VaultError> {
+        let mut rotation = self.begin_rotation()?;
+        while rotation.step(REWRAP_BATCH)? {
+            progress(rotation.rewrapped);
+        }
+        rotation.finish()
+    }
+
+    /// Re-seals the master keys under a new passphrase (new salt; `params` or the current
+    /// ones). Data keys and content are untouched.
+    pub fn change_passphrase(&mut self, new: &Passphrase, params: Option<KdfParams>) -> Result<(), VaultError> {
+        let kek = Kek::derive(new, params.unwrap_or(self.kek.params()))?;
+        write_key_file(&self.paths, &self.keyring, &kek)?;
+        self.kek = kek;
+        Ok(())
+    }
+}
+
+impl Rotation<'_> {
+    /// The version being rotated to.
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Records rewrapped so far.
+    pub fn rewrapped(&self) -> u64 {
+        self.rewrapped
+    }
+
+    /// Rewraps up to `limit` more records in one durable commit. False when all are done.
+    pub fn step(&mut self, limit: usize) -> Result<bool, VaultError> {
+        let (Some(&family), Some(cursor)) = (FAMILIES.get(self.family), self.cursor) else {
+            return Ok(false);
+        };
+        let vault: &Vault = self.vault;
+        let target = self.target;
+        let store = &vault.store;
+        let batch = match family {
+            Family::Documents => store.rewrap_batch::<StoredDocument, VaultError>(family, cursor.., target, limit, |id, d| {
+                let wrapped_dek = vault.rewrap_key(Purpose::Document, "document", id, d.key_version, &d.wrapped_dek, target)?;
+                Ok(Rewrapped { record: StoredDocument { key_version: target, wrapped_dek, ..d }, reindex: None })
+            })?,
+            Family::Users => store
+                .rewrap_batch::<StoredUser, VaultError>(family, cursor.., target, limit, |id, u| vault.rewrap_user(id, u, target))?,
+            Family::Devices => store.rewrap_batch::<StoredDevice, VaultError>(family, cursor.., target, limit, |id, d| {
+                vault.rewrap_device(id, d, target)
+            })?,
+        };
+        self.rewrapped += batch.rewrapped as u64;
+        match batch.next {
+            Some(next) => self.cursor = Some(next),
+            None => {
+                self.family += 1;
+                self.cursor = Some(0);
+            }
+        }
+        Ok(self.family < FAMILIES.len())
+    }
+
+    /// Completes the remaining steps, then drops from the key file every version no
+    /// object uses any more.
+    pub fn finish(mut self) -> Result<RotateReport, VaultError> {
+        while self.step(REWRAP_BATCH)? {}
+        let usage = self.vault.store.key_usage()?;
+        let before: Vec<u32> = self.vault.keyring.versions().collect();
+        self.vault.keyring.retain(|v| usage.get(&v).is_some_and(|n| *n > 0));
+        let retired: Vec<u32> = before.into_iter().filter(|v| self.vault.keyring.version(*v).is_none()).collect();
+        if !retired.is_empty() {
+            self.vault.write_key_file()?;
+        }
+        Ok(RotateReport { current: self.target, resumed: self.resumed, rewrapped: self.rewrapped, retired })
+    }
+}

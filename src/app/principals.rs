@@ -1,0 +1,332 @@
+//! Users and devices. Their sensitive fields are sealed under a per-record data key; the
+//! user name and the certificate thumbprint are found through keyed hashes (HMAC-SHA256
+//! under the index subkey of the record's master key version).
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::{Vault, VaultError};
+use crate::crypto::envelope::{self, WrappedKey};
+use crate::crypto::keyfile::MasterKey;
+use crate::crypto::labels::{AAD_META, Purpose};
+use crate::model::{DeviceId, Role, Timestamp, UserId};
+use crate::secret::SecretKey;
+use crate::store::{StoredDevice, StoredUser};
+
+/// A user's sealed fields.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserBody {
+    /// Login name (unique).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// argon2id PHC string of the password.
+    pub password_hash: String,
+    /// A disabled user cannot log in and their devices are refused.
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for UserBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserBody")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("password_hash", &"[redacted]")
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+/// A device's sealed fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBody {
+    /// Human-readable name ("Anna's iPhone").
+    pub name: String,
+    /// SHA-256 of the device certificate (DER).
+    pub thumbprint: [u8; 32],
+    /// Revoked devices are refused.
+    pub revoked: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+enum UserBodyRecord {
+    V1(UserBody),
+}
+
+#[derive(Serialize, Deserialize)]
+enum DeviceBodyRecord {
+    V1(DeviceBody),
+}
+
+/// A user with its decrypted fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Id.
+    pub id: UserId,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Decrypted fields.
+    pub body: UserBody,
+}
+
+/// A device with its decrypted fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Id.
+    pub id: DeviceId,
+    /// Owner.
+    pub owner: UserId,
+    /// Certificate expiry.
+    pub expires: Timestamp,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Decrypted fields.
+    pub body: DeviceBody,
+}
+
+const INDEX_USER_NAME: &[u8] = b"coffer/v1/index/user-name";
+const INDEX_DEVICE_CERT: &[u8] = b"coffer/v1/index/device-cert";
+
+/// Keyed hash of a lookup value under one master key version.
+pub(crate) fn index_hash(master: &MasterKey, label: &[u8], value: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(master.index_key().expose())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(label);
+    mac.update(&[0]);
+    mac.update(value);
+    mac.finalize().into_bytes().into()
+}
+
+fn body_aad(purpose: Purpose, id: u128) -> Vec<u8> {
+    let mut aad = AAD_META.to_vec();
+    aad.push(0);
+    aad.extend_from_slice(purpose.label());
+    aad.push(0);
+    aad.extend_from_slice(&id.to_be_bytes());
+    aad
+}
+
+/// A sealed body: (key version, wrapped DEK, sealed bytes).
+type Sealed = (u32, Vec<u8>, Vec<u8>);
+
+impl Vault {
+    fn seal_body<T: Serialize>(&self, purpose: Purpose, id: u128, body: &T) -> Result<Sealed, VaultError> {
+        let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
+        let (version, master) = self.keyring.current();
+        let wrapped = envelope::wrap(master.wrap_key(), version, purpose, id, &dek)?;
+        let plain = Zeroizing::new(postcard::to_stdvec(body).map_err(|_| VaultError::Invalid("record does not encode".into()))?);
+        let sealed = envelope::seal(&dek, &body_aad(purpose, id), &plain)?;
+        Ok((version, wrapped.0.to_vec(), sealed))
+    }
+
+    fn open_body<T: serde::de::DeserializeOwned>(
+        &self,
+        purpose: Purpose,
+        what: &'static str,
+        id: u128,
+        key_version: u32,
+        wrapped_dek: &[u8],
+        sealed: &[u8],
+    ) -> Result<T, VaultError> {
+        let shown = format!("{id:032x}");
+        let master = self.master(what, &shown, key_version)?;
+        let bad = || VaultError::Integrity { what, id: shown.clone() };
+        let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
+        let dek = envelope::unwrap(master.wrap_key(), key_version, purpose, id, &wrapped).map_err(|_| bad())?;
+        let plain = envelope::open(&dek, &body_aad(purpose, id), sealed).map_err(|_| bad())?;
+        match postcard::take_from_bytes::<T>(&plain) {
+            Ok((v, [])) => Ok(v),
+            _ => Err(bad()),
+        }
+    }
+
+    fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
+        let UserBodyRecord::V1(body) = self.open_body(Purpose::User, "user", id.0, u.key_version, &u.wrapped_dek, &u.sealed)?;
+        Ok(UserInfo { id, created: u.created, body })
+    }
+
+    fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
+        let DeviceBodyRecord::V1(body) =
+            self.open_body(Purpose::Device, "device", id.0, d.key_version, &d.wrapped_dek, &d.sealed)?;
+        Ok(DeviceInfo { id, owner: d.owner, expires: d.expires, created: d.created, body })
+    }
+
+    /// Adds a user; the name must be new.
+    pub fn add_user(&self, body: UserBody) -> Result<UserInfo, VaultError> {
+        if body.name.is_empty() || body.name.len() > 64 {
+            return Err(VaultError::Invalid("a user name must be 1 to 64 bytes".into()));
+        }
+        if self.user_by_name(&body.name)?.is_some() {
+            return Err(crate::store::StoreError::Conflict("a user with this name").into());
+        }
+        let id = UserId::random().map_err(crate::crypto::SealError::from)?;
+        let (key_version, wrapped_dek, sealed) = self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(body.clone()))?;
+        let now = Timestamp::now();
+        let stored = StoredUser { created: now, updated: now, key_version, wrapped_dek, sealed };
+        let index = index_hash(self.keyring.current().1, INDEX_USER_NAME, body.name.as_bytes());
+        self.store.insert_user(id, &stored, index)?;
+        Ok(UserInfo { id, created: now, body })
+    }
+
+    /// Finds a user by name (under any master key version the keyring holds, so lookups
+    /// keep working while a rotation is under way).
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserInfo>, VaultError> {
+        let snap = self.store.snapshot()?;
+        for v in self.keyring.versions() {
+            let Some(master) = self.keyring.version(v) else { continue };
+            if let Some(id) = snap.user_id_by_name_index(index_hash(master, INDEX_USER_NAME, name.as_bytes()))? {
+                let stored = snap.user(id)?.ok_or(VaultError::NotFound("user"))?;
+                let info = self.user_info(id, &stored)?;
+                if info.body.name == name {
+                    return Ok(Some(info));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One user by id.
+    pub fn user(&self, id: UserId) -> Result<UserInfo, VaultError> {
+        let stored = self.store.snapshot()?.user(id)?.ok_or(VaultError::NotFound("user"))?;
+        self.user_info(id, &stored)
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Result<Vec<UserInfo>, VaultError> {
+        self.store.snapshot()?.users()?.iter().map(|(id, u)| self.user_info(*id, u)).collect()
+    }
+
+    /// Changes a user's sealed fields (not the name).
+    pub fn update_user(&self, id: UserId, change: impl FnOnce(&mut UserBody)) -> Result<UserInfo, VaultError> {
+        let mut info = self.user(id)?;
+        let name = info.body.name.clone();
+        change(&mut info.body);
+        info.body.name = name.clone();
+        let (key_version, wrapped_dek, sealed) = self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(info.body.clone()))?;
+        let old = self.store.snapshot()?.user(id)?.ok_or(VaultError::NotFound("user"))?;
+        let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, name.as_bytes());
+        let stored = StoredUser { created: old.created, updated: Timestamp::now(), key_version, wrapped_dek, sealed };
+        self.store.update_user(id, &stored, reindex)?;
+        Ok(info)
+    }
+
+    /// Registers a device for `owner` with its certificate thumbprint.
+    pub fn add_device(&self, owner: UserId, body: DeviceBody, expires: Timestamp) -> Result<DeviceInfo, VaultError> {
+        self.user(owner)?;
+        if self.device_by_thumbprint(&body.thumbprint)?.is_some() {
+            return Err(crate::store::StoreError::Conflict("a device with this certificate").into());
+        }
+        let id = DeviceId::random().map_err(crate::crypto::SealError::from)?;
+        let (key_version, wrapped_dek, sealed) =
+            self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(body.clone()))?;
+        let now = Timestamp::now();
+        let stored = StoredDevice { owner, expires, created: now, updated: now, key_version, wrapped_dek, sealed };
+        let index = index_hash(self.keyring.current().1, INDEX_DEVICE_CERT, &body.thumbprint);
+        self.store.insert_device(id, &stored, index)?;
+        Ok(DeviceInfo { id, owner, expires, created: now, body })
+    }
+
+    /// Finds the device holding the certificate with this SHA-256 thumbprint.
+    pub fn device_by_thumbprint(&self, thumbprint: &[u8; 32]) -> Result<Option<DeviceInfo>, VaultError> {
+        let snap = self.store.snapshot()?;
+        for v in self.keyring.versions() {
+            let Some(master) = self.keyring.version(v) else { continue };
+            if let Some(id) = snap.device_id_by_thumbprint_index(index_hash(master, INDEX_DEVICE_CERT, thumbprint))? {
+                let stored = snap.device(id)?.ok_or(VaultError::NotFound("device"))?;
+                let info = self.device_info(id, &stored)?;
+                if &info.body.thumbprint == thumbprint {
+                    return Ok(Some(info));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// One device by id.
+    pub fn device(&self, id: DeviceId) -> Result<DeviceInfo, VaultError> {
+        let stored = self.store.snapshot()?.device(id)?.ok_or(VaultError::NotFound("device"))?;
+        self.device_info(id, &stored)
+    }
+
+    /// Every device.
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, VaultError> {
+        self.store.snapshot()?.devices()?.iter().map(|(id, d)| self.device_info(*id, d)).collect()
+    }
+
+    /// Marks a device revoked.
+    pub fn revoke_device(&self, id: DeviceId) -> Result<DeviceInfo, VaultError> {
+        let old = self.store.snapshot()?.device(id)?.ok_or(VaultError::NotFound("device"))?;
+        let mut info = self.device_info(id, &old)?;
+        info.body.revoked = true;
+        let (key_version, wrapped_dek, sealed) =
+            self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(info.body.clone()))?;
+        let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
+        let stored = StoredDevice { updated: Timestamp::now(), key_version, wrapped_dek, sealed, ..old };
+        self.store.update_device(id, &stored, reindex)?;
+        Ok(info)
+    }
+
+    /// The index move for a record re-sealed from version `from` to `to` (None if equal or
+    /// if `from` is no longer held, in which case there is no old entry to find).
+    fn reindex(&self, from: u32, to: u32, label: &[u8], value: &[u8]) -> Option<([u8; 32], [u8; 32])> {
+        if from == to {
+            return None;
+        }
+        let old = self.keyring.version(from)?;
+        let new = self.keyring.version(to)?;
+        Some((index_hash(old, label, value), index_hash(new, label, value)))
+    }
+
+    /// Rewraps a user's data key under `target` and moves its name index entry.
+    pub(crate) fn rewrap_user(&self, id: u128, u: StoredUser, target: u32) -> Result<crate::store::Rewrapped<StoredUser>, VaultError> {
+        let info = self.user_info(UserId(id), &u)?;
+        let (wrapped_dek, reindex) = self.rewrap_indexed(Purpose::User, "user", id, u.key_version, &u.wrapped_dek, target, INDEX_USER_NAME, info.body.name.as_bytes())?;
+        Ok(crate::store::Rewrapped { record: StoredUser { key_version: target, wrapped_dek, ..u }, reindex: Some(reindex) })
+    }
+
+    /// Rewraps a device's data key under `target` and moves its thumbprint index entry.
+    pub(crate) fn rewrap_device(&self, id: u128, d: StoredDevice, target: u32) -> Result<crate::store::Rewrapped<StoredDevice>, VaultError> {
+        let info = self.device_info(DeviceId(id), &d)?;
+        let (wrapped_dek, reindex) = self.rewrap_indexed(Purpose::Device, "device", id, d.key_version, &d.wrapped_dek, target, INDEX_DEVICE_CERT, &info.body.thumbprint)?;
+        Ok(crate::store::Rewrapped { record: StoredDevice { key_version: target, wrapped_dek, ..d }, reindex: Some(reindex) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rewrap_indexed(
+        &self,
+        purpose: Purpose,
+        what: &'static str,
+        id: u128,
+        from: u32,
+        wrapped_dek: &[u8],
+        target: u32,
+        label: &[u8],
+        value: &[u8],
+    ) -> Result<(Vec<u8>, ([u8; 32], [u8; 32])), VaultError> {
+        let old = self.master(what, format!("{id:032x}"), from)?;
+        let new = self.master(what, format!("{id:032x}"), target)?;
+        let wrapped = self.rewrap_key(purpose, what, id, from, wrapped_dek, target)?;
+        Ok((wrapped, (index_hash(old, label, value), index_hash(new, label, value))))
+    }
+
+    /// Unwraps a data key under version `from` and wraps it under `target`.
+    pub(crate) fn rewrap_key(
+        &self,
+        purpose: Purpose,
+        what: &'static str,
+        id: u128,
+        from: u32,
+        wrapped_dek: &[u8],
+        target: u32,
+    ) -> Result<Vec<u8>, VaultError> {
+        let shown = format!("{id:032x}");
+        let old = self.master(what, &shown, from)?;
+        let new = self.master(what, &shown, target)?;
+        let bad = || VaultError::Integrity { what, id: shown.clone() };
+        let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
+        let dek = envelope::unwrap(old.wrap_key(), from, purpose, id, &wrapped).map_err(|_| bad())?;
+        Ok(envelope::wrap(new.wrap_key(), target, purpose, id, &dek)?.0.to_vec())
+    }
+}
