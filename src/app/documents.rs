@@ -155,6 +155,7 @@ impl Vault {
             encryptor: Some(encryptor),
             hasher: Sha256::new(),
             pending: Vec::with_capacity(STAGE_BATCH),
+            stager: Some(Stager::spawn(self.store.clone(), id)?),
             started: Timestamp::now(),
         })
     }
@@ -250,6 +251,10 @@ impl Vault {
 }
 
 /// An upload in progress. Dropping it without [`finish`](Self::finish) discards it.
+///
+/// The caller's thread hashes and encrypts; a stager thread writes sealed chunks to the
+/// store meanwhile, so the two overlap on two cores. At most [`STAGE_QUEUE`] batches wait
+/// between them, which bounds memory whatever the document's size.
 pub struct DocumentWriter<'v> {
     vault: &'v Vault,
     id: DocumentId,
@@ -261,7 +266,41 @@ pub struct DocumentWriter<'v> {
     encryptor: Option<StreamEncryptor>,
     hasher: Sha256,
     pending: Vec<SealedChunk>,
+    stager: Option<Stager>,
     started: Timestamp,
+}
+
+/// Batches that may wait for the stager thread.
+const STAGE_QUEUE: usize = 2;
+
+struct Stager {
+    tx: std::sync::mpsc::SyncSender<Vec<SealedChunk>>,
+    thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+}
+
+impl Stager {
+    fn spawn(store: crate::store::Store, id: DocumentId) -> Result<Self, VaultError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SealedChunk>>(STAGE_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("coffer-stager".into())
+            .spawn(move || {
+                for batch in rx {
+                    store.stage_chunks(id, &batch)?;
+                }
+                Ok(())
+            })
+            .map_err(|source| VaultError::Write { path: "stager thread".into(), source })?;
+        Ok(Self { tx, thread })
+    }
+
+    /// Waits for every queued batch to be written.
+    fn finish(self) -> Result<(), VaultError> {
+        drop(self.tx);
+        match self.thread.join() {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(VaultError::Invalid("the upload's stager thread failed".into())),
+        }
+    }
 }
 
 impl DocumentWriter<'_> {
@@ -287,9 +326,20 @@ impl DocumentWriter<'_> {
     }
 
     fn flush(&mut self) -> Result<(), VaultError> {
-        if !self.pending.is_empty() {
-            self.vault.store.stage_chunks(self.id, &self.pending)?;
-            self.pending.clear();
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(STAGE_BATCH));
+        let sent = match &self.stager {
+            Some(stager) => stager.tx.send(batch).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The stager stopped early: its error says why.
+            return match self.stager.take() {
+                Some(stager) => stager.finish().and(Err(VaultError::Invalid("the upload's stager stopped".into()))),
+                None => Err(VaultError::Invalid("upload already finished".into())),
+            };
         }
         Ok(())
     }
@@ -300,6 +350,9 @@ impl DocumentWriter<'_> {
         let (last, size) = enc.finish()?;
         self.pending.push(last);
         self.flush()?;
+        if let Some(stager) = self.stager.take() {
+            stager.finish()?;
+        }
         let sha256: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         let now = Timestamp::now();
         let meta = DocumentMeta {
@@ -326,8 +379,6 @@ impl DocumentWriter<'_> {
         );
         doc.sealed_meta = envelope::seal(&self.dek, &meta_aad(self.id, &doc), &plain)?;
         self.vault.store.publish_document(self.id, &doc)?;
-        // Published: nothing left to discard on drop.
-        self.pending.clear();
         let info = DocumentInfo {
             id: self.id,
             owner: doc.owner,
@@ -337,24 +388,33 @@ impl DocumentWriter<'_> {
             key_version: doc.key_version,
             meta,
         };
+        // Published: nothing left to discard on drop.
         self.id = DocumentId(0);
         Ok(info)
     }
 
     /// Discards the upload and its staged chunks.
     pub fn abort(mut self) -> Result<(), VaultError> {
+        self.discard()
+    }
+
+    fn discard(&mut self) -> Result<(), VaultError> {
         let id = std::mem::replace(&mut self.id, DocumentId(0));
-        self.vault.store.discard_upload(id)?;
+        if let Some(stager) = self.stager.take() {
+            // Its outcome no longer matters; wait so it cannot write after the discard.
+            let _ = stager.finish();
+        }
+        if id != DocumentId(0) {
+            self.vault.store.discard_upload(id)?;
+        }
         Ok(())
     }
 }
 
 impl Drop for DocumentWriter<'_> {
     fn drop(&mut self) {
-        if self.id != DocumentId(0) {
-            // Best effort: whatever is left is collected when the database next opens.
-            let _ = self.vault.store.discard_upload(self.id);
-        }
+        // Best effort: whatever is left is collected when the database next opens.
+        let _ = self.discard();
     }
 }
 

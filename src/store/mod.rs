@@ -92,9 +92,10 @@ pub struct OpenReport {
     pub staged_chunks_removed: u64,
 }
 
-/// The open database.
+/// The open database. Cloning shares it (redb serialises writers internally).
+#[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,7 +128,7 @@ impl Store {
         // The file holds only ciphertext and clear ids, but nobody else needs to read it.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
-        Ok(Self { db })
+        Ok(Self { db: db.into() })
     }
 
     /// Opens an existing database, checks its schema version, and removes uploads that
@@ -137,7 +138,7 @@ impl Store {
             return Err(StoreError::Missing(path.display().to_string()));
         }
         let db = Database::builder().set_cache_size(options.cache_bytes).open(path)?;
-        let store = Self { db };
+        let store = Self { db: db.into() };
         store.check_schema()?;
         let report = store.collect_staged()?;
         Ok((store, report))
