@@ -45,7 +45,9 @@ pub struct DocumentMeta {
 impl std::fmt::Debug for DocumentMeta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names and titles can be sensitive; keep them out of logs.
-        f.debug_struct("DocumentMeta").field("visibility", &self.visibility).finish_non_exhaustive()
+        f.debug_struct("DocumentMeta")
+            .field("visibility", &self.visibility)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,14 +165,26 @@ impl Vault {
     fn open_document(&self, id: DocumentId, doc: &StoredDocument) -> Result<(SecretKey, DocumentMeta), VaultError> {
         let master = self.master("document", id, doc.key_version)?;
         let wrapped = WrappedKey(
-            doc.wrapped_dek.as_slice().try_into().map_err(|_| VaultError::Integrity { what: "document", id: id.to_string() })?,
+            doc.wrapped_dek
+                .as_slice()
+                .try_into()
+                .map_err(|_| VaultError::Integrity {
+                    what: "document",
+                    id: id.to_string(),
+                })?,
         );
         let dek = envelope::unwrap(master.wrap_key(), doc.key_version, Purpose::Document, id.0, &wrapped)
             .map_err(VaultError::integrity("document", id))?;
-        let plain = envelope::open(&dek, &meta_aad(id, doc), &doc.sealed_meta).map_err(VaultError::integrity("document", id))?;
+        let plain = envelope::open(&dek, &meta_aad(id, doc), &doc.sealed_meta)
+            .map_err(VaultError::integrity("document", id))?;
         let meta = match postcard::take_from_bytes::<MetaRecord>(&plain) {
             Ok((MetaRecord::V1(meta), [])) => meta,
-            _ => return Err(VaultError::Integrity { what: "document", id: id.to_string() }),
+            _ => {
+                return Err(VaultError::Integrity {
+                    what: "document",
+                    id: id.to_string(),
+                });
+            }
         };
         Ok((dek, meta))
     }
@@ -191,7 +205,11 @@ impl Vault {
 
     /// One document's clear fields and decrypted metadata.
     pub fn document(&self, id: DocumentId) -> Result<DocumentInfo, VaultError> {
-        let doc = self.store.snapshot()?.document(id)?.ok_or(VaultError::NotFound("document"))?;
+        let doc = self
+            .store
+            .snapshot()?
+            .document(id)?
+            .ok_or(VaultError::NotFound("document"))?;
         Ok(self.info(id, &doc)?.1)
     }
 
@@ -201,18 +219,37 @@ impl Vault {
         let snapshot = self.store.snapshot()?;
         let doc = snapshot.document(id)?.ok_or(VaultError::NotFound("document"))?;
         let (dek, info) = self.info(id, &doc)?;
-        let layout = Layout { size: doc.size, chunk_size: doc.chunk_size };
+        let layout = Layout {
+            size: doc.size,
+            chunk_size: doc.chunk_size,
+        };
         if layout.chunk_size == 0 {
-            return Err(VaultError::Integrity { what: "document", id: id.to_string() });
+            return Err(VaultError::Integrity {
+                what: "document",
+                id: id.to_string(),
+            });
         }
         let range = match range {
             None => 0..doc.size,
             Some(r) if r.start <= r.end && r.end <= doc.size => r,
-            Some(_) => return Err(VaultError::Invalid(format!("range outside the document's {} bytes", doc.size))),
+            Some(_) => {
+                return Err(VaultError::Invalid(format!(
+                    "range outside the document's {} bytes",
+                    doc.size
+                )));
+            }
         };
-        let (chunks, skip) = if range.is_empty() { (0..0, 0) } else { layout.chunks_for(&range) };
+        let (chunks, skip) = if range.is_empty() {
+            (0..0, 0)
+        } else {
+            layout.chunks_for(&range)
+        };
         // An empty full read still authenticates the document's (empty) last chunk.
-        let chunks = if range.is_empty() && doc.size == 0 { 0..1 } else { chunks };
+        let chunks = if range.is_empty() && doc.size == 0 {
+            0..1
+        } else {
+            chunks
+        };
         Ok(DocumentReader {
             snapshot,
             cipher: ChunkCipher::new(&dek, id.0, doc.nonce_prefix),
@@ -246,7 +283,11 @@ impl Vault {
 
     /// Deletes a document, its wrapped key and its chunks in one durable commit.
     pub fn delete(&self, id: DocumentId) -> Result<(), VaultError> {
-        if self.store.delete_document(id)? { Ok(()) } else { Err(VaultError::NotFound("document")) }
+        if self.store.delete_document(id)? {
+            Ok(())
+        } else {
+            Err(VaultError::NotFound("document"))
+        }
     }
 }
 
@@ -289,7 +330,10 @@ impl Stager {
                 }
                 Ok(())
             })
-            .map_err(|source| VaultError::Write { path: "stager thread".into(), source })?;
+            .map_err(|source| VaultError::Write {
+                path: "stager thread".into(),
+                source,
+            })?;
         Ok(Self { tx, thread })
     }
 
@@ -316,7 +360,10 @@ impl DocumentWriter<'_> {
 
     /// Accepts the next bytes of content.
     pub fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
-        let enc = self.encryptor.as_mut().ok_or(VaultError::Invalid("upload already finished".into()))?;
+        let enc = self
+            .encryptor
+            .as_mut()
+            .ok_or(VaultError::Invalid("upload already finished".into()))?;
         self.hasher.update(data);
         self.pending.extend(enc.update(data)?);
         if self.pending.len() >= STAGE_BATCH {
@@ -337,7 +384,9 @@ impl DocumentWriter<'_> {
         if !sent {
             // The stager stopped early: its error says why.
             return match self.stager.take() {
-                Some(stager) => stager.finish().and(Err(VaultError::Invalid("the upload's stager stopped".into()))),
+                Some(stager) => stager
+                    .finish()
+                    .and(Err(VaultError::Invalid("the upload's stager stopped".into()))),
                 None => Err(VaultError::Invalid("upload already finished".into())),
             };
         }
@@ -346,7 +395,10 @@ impl DocumentWriter<'_> {
 
     /// Seals the last chunk and the metadata and publishes the document durably.
     pub fn finish(mut self) -> Result<DocumentInfo, VaultError> {
-        let enc = self.encryptor.take().ok_or(VaultError::Invalid("upload already finished".into()))?;
+        let enc = self
+            .encryptor
+            .take()
+            .ok_or(VaultError::Invalid("upload already finished".into()))?;
         let (last, size) = enc.finish()?;
         self.pending.push(last);
         self.flush()?;
@@ -375,7 +427,8 @@ impl DocumentWriter<'_> {
             sealed_meta: Vec::new(),
         };
         let plain = Zeroizing::new(
-            postcard::to_stdvec(&MetaRecord::V1(meta.clone())).map_err(|_| VaultError::Invalid("metadata does not encode".into()))?,
+            postcard::to_stdvec(&MetaRecord::V1(meta.clone()))
+                .map_err(|_| VaultError::Invalid("metadata does not encode".into()))?,
         );
         doc.sealed_meta = envelope::seal(&self.dek, &meta_aad(self.id, &doc), &plain)?;
         self.vault.store.publish_document(self.id, &doc)?;
@@ -447,11 +500,16 @@ impl DocumentReader {
     fn next_piece(&mut self) -> Result<Vec<u8>, VaultError> {
         let index = self.next;
         self.next += 1;
-        let integrity = || VaultError::Integrity { what: "document", id: self.id.to_string() };
+        let integrity = || VaultError::Integrity {
+            what: "document",
+            id: self.id.to_string(),
+        };
         if !self.snapshot.chunk_into(self.id, index, &mut self.buf)? {
             return Err(integrity());
         }
-        self.cipher.open_chunk(self.layout, index, &mut self.buf).map_err(|_| integrity())?;
+        self.cipher
+            .open_chunk(self.layout, index, &mut self.buf)
+            .map_err(|_| integrity())?;
         let start = std::mem::take(&mut self.skip).min(self.buf.len());
         let avail = self.buf.len() - start;
         let take = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(avail);

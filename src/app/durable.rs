@@ -8,7 +8,10 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically with permissions `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".coffer-tmp-")
         .permissions(Permissions::from_mode(mode))

@@ -47,7 +47,10 @@ pub fn init(paths: &Paths, passphrase: &Passphrase, params: KdfParams, options: 
         return Err(InitError::DatabaseExists(database.display().to_string()));
     }
     for dir in [&paths.keys_dir, &paths.data_dir] {
-        durable::create_private_dir(dir).map_err(|source| InitError::CreateDir { path: dir.display().to_string(), source })?;
+        durable::create_private_dir(dir).map_err(|source| InitError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let keyring = Keyring::generate().map_err(VaultError::from)?;
     let kek = Kek::derive(passphrase, params).map_err(VaultError::from)?;
@@ -56,6 +59,9 @@ pub fn init(paths: &Paths, passphrase: &Passphrase, params: KdfParams, options: 
         let _ = std::fs::remove_file(&database);
         return Err(e.into());
     }
-    durable::sync_dir(&paths.data_dir).map_err(|source| VaultError::Write { path: paths.data_dir.display().to_string(), source })?;
+    durable::sync_dir(&paths.data_dir).map_err(|source| VaultError::Write {
+        path: paths.data_dir.display().to_string(),
+        source,
+    })?;
     Ok(())
 }

@@ -66,7 +66,12 @@ impl Vault {
                 }
             }
         }
-        Ok(KeyStatus { current: self.keyring.current().0, versions, missing, kdf: self.kek.params() })
+        Ok(KeyStatus {
+            current: self.keyring.current().0,
+            versions,
+            missing,
+            kdf: self.kek.params(),
+        })
     }
 
     /// Starts a rotation, or resumes one that was interrupted (the key file still holds an
@@ -79,7 +84,14 @@ impl Vault {
             self.write_key_file()?;
         }
         let target = self.keyring.current().0;
-        Ok(Rotation { vault: self, target, resumed, family: 0, cursor: Some(0), rewrapped: 0 })
+        Ok(Rotation {
+            vault: self,
+            target,
+            resumed,
+            family: 0,
+            cursor: Some(0),
+            rewrapped: 0,
+        })
     }
 
     /// Rotates the master key in one go (see [`Rotation`]).
@@ -121,15 +133,30 @@ impl Rotation<'_> {
         let target = self.target;
         let store = &vault.store;
         let batch = match family {
-            Family::Documents => store.rewrap_batch::<StoredDocument, VaultError>(family, cursor.., target, limit, |id, d| {
-                let wrapped_dek = vault.rewrap_key(Purpose::Document, "document", id, d.key_version, &d.wrapped_dek, target)?;
-                Ok(Rewrapped { record: StoredDocument { key_version: target, wrapped_dek, ..d }, reindex: None })
-            })?,
-            Family::Users => store
-                .rewrap_batch::<StoredUser, VaultError>(family, cursor.., target, limit, |id, u| vault.rewrap_user(id, u, target))?,
-            Family::Devices => store.rewrap_batch::<StoredDevice, VaultError>(family, cursor.., target, limit, |id, d| {
-                vault.rewrap_device(id, d, target)
-            })?,
+            Family::Documents => {
+                store.rewrap_batch::<StoredDocument, VaultError>(family, cursor.., target, limit, |id, d| {
+                    let wrapped_dek =
+                        vault.rewrap_key(Purpose::Document, "document", id, d.key_version, &d.wrapped_dek, target)?;
+                    Ok(Rewrapped {
+                        record: StoredDocument {
+                            key_version: target,
+                            wrapped_dek,
+                            ..d
+                        },
+                        reindex: None,
+                    })
+                })?
+            }
+            Family::Users => {
+                store.rewrap_batch::<StoredUser, VaultError>(family, cursor.., target, limit, |id, u| {
+                    vault.rewrap_user(id, u, target)
+                })?
+            }
+            Family::Devices => {
+                store.rewrap_batch::<StoredDevice, VaultError>(family, cursor.., target, limit, |id, d| {
+                    vault.rewrap_device(id, d, target)
+                })?
+            }
         };
         self.rewrapped += batch.rewrapped as u64;
         match batch.next {
@@ -149,10 +176,18 @@ impl Rotation<'_> {
         let usage = self.vault.store.key_usage()?;
         let before: Vec<u32> = self.vault.keyring.versions().collect();
         self.vault.keyring.retain(|v| usage.get(&v).is_some_and(|n| *n > 0));
-        let retired: Vec<u32> = before.into_iter().filter(|v| self.vault.keyring.version(*v).is_none()).collect();
+        let retired: Vec<u32> = before
+            .into_iter()
+            .filter(|v| self.vault.keyring.version(*v).is_none())
+            .collect();
         if !retired.is_empty() {
             self.vault.write_key_file()?;
         }
-        Ok(RotateReport { current: self.target, resumed: self.resumed, rewrapped: self.rewrapped, retired })
+        Ok(RotateReport {
+            current: self.target,
+            resumed: self.resumed,
+            rewrapped: self.rewrapped,
+            retired,
+        })
     }
 }

@@ -137,7 +137,9 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("paths", &self.paths).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,10 +161,22 @@ pub fn unlock_keyring(paths: &Paths, passphrase: &Passphrase) -> Result<(Keyring
 impl Vault {
     /// Unlocks the key file, then opens the database (removing abandoned uploads). A wrong
     /// passphrase fails before the database is touched.
-    pub fn open(paths: &Paths, passphrase: &Passphrase, options: StoreOptions) -> Result<(Self, OpenReport), UnlockError> {
+    pub fn open(
+        paths: &Paths,
+        passphrase: &Passphrase,
+        options: StoreOptions,
+    ) -> Result<(Self, OpenReport), UnlockError> {
         let (keyring, kek) = unlock_keyring(paths, passphrase)?;
         let (store, report) = Store::open(&paths.database(), options)?;
-        Ok((Self { paths: paths.clone(), keyring, kek, store }, report))
+        Ok((
+            Self {
+                paths: paths.clone(),
+                keyring,
+                kek,
+                store,
+            },
+            report,
+        ))
     }
 
     /// The underlying store (for space accounting, snapshots and tests).
@@ -180,10 +194,19 @@ impl Vault {
         &self.paths
     }
 
-    fn master(&self, what: &'static str, id: impl std::fmt::Display, version: u32) -> Result<&crate::crypto::keyfile::MasterKey, VaultError> {
+    fn master(
+        &self,
+        what: &'static str,
+        id: impl std::fmt::Display,
+        version: u32,
+    ) -> Result<&crate::crypto::keyfile::MasterKey, VaultError> {
         self.keyring
             .version(version)
-            .ok_or_else(|| VaultError::MissingKeyVersion { what, id: id.to_string(), version })
+            .ok_or_else(|| VaultError::MissingKeyVersion {
+                what,
+                id: id.to_string(),
+                version,
+            })
     }
 
     /// Seals the keyring under the current KEK and replaces the key file atomically.
@@ -195,8 +218,10 @@ impl Vault {
 fn write_key_file(paths: &Paths, keyring: &Keyring, kek: &Kek) -> Result<(), VaultError> {
     let bytes = keyring.seal(kek)?;
     let path = paths.key_file();
-    durable::write_atomic(&path, &bytes, 0o600)
-        .map_err(|source| VaultError::Write { path: path.display().to_string(), source })
+    durable::write_atomic(&path, &bytes, 0o600).map_err(|source| VaultError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Checks whether `path` exists without following a dangling symlink into "absent".

@@ -13,7 +13,7 @@ use crate::crypto::keyfile::MasterKey;
 use crate::crypto::labels::{AAD_META, Purpose};
 use crate::model::{DeviceId, Role, Timestamp, UserId};
 use crate::secret::SecretKey;
-use crate::store::{StoredDevice, StoredUser};
+use crate::store::{Reindex, StoredDevice, StoredUser};
 
 /// A user's sealed fields.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +116,9 @@ impl Vault {
         let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
         let (version, master) = self.keyring.current();
         let wrapped = envelope::wrap(master.wrap_key(), version, purpose, id, &dek)?;
-        let plain = Zeroizing::new(postcard::to_stdvec(body).map_err(|_| VaultError::Invalid("record does not encode".into()))?);
+        let plain = Zeroizing::new(
+            postcard::to_stdvec(body).map_err(|_| VaultError::Invalid("record does not encode".into()))?,
+        );
         let sealed = envelope::seal(&dek, &body_aad(purpose, id), &plain)?;
         Ok((version, wrapped.0.to_vec(), sealed))
     }
@@ -132,7 +134,10 @@ impl Vault {
     ) -> Result<T, VaultError> {
         let shown = format!("{id:032x}");
         let master = self.master(what, &shown, key_version)?;
-        let bad = || VaultError::Integrity { what, id: shown.clone() };
+        let bad = || VaultError::Integrity {
+            what,
+            id: shown.clone(),
+        };
         let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
         let dek = envelope::unwrap(master.wrap_key(), key_version, purpose, id, &wrapped).map_err(|_| bad())?;
         let plain = envelope::open(&dek, &body_aad(purpose, id), sealed).map_err(|_| bad())?;
@@ -143,14 +148,31 @@ impl Vault {
     }
 
     fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
-        let UserBodyRecord::V1(body) = self.open_body(Purpose::User, "user", id.0, u.key_version, &u.wrapped_dek, &u.sealed)?;
-        Ok(UserInfo { id, created: u.created, body })
+        let UserBodyRecord::V1(body) =
+            self.open_body(Purpose::User, "user", id.0, u.key_version, &u.wrapped_dek, &u.sealed)?;
+        Ok(UserInfo {
+            id,
+            created: u.created,
+            body,
+        })
     }
 
     fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
-        let DeviceBodyRecord::V1(body) =
-            self.open_body(Purpose::Device, "device", id.0, d.key_version, &d.wrapped_dek, &d.sealed)?;
-        Ok(DeviceInfo { id, owner: d.owner, expires: d.expires, created: d.created, body })
+        let DeviceBodyRecord::V1(body) = self.open_body(
+            Purpose::Device,
+            "device",
+            id.0,
+            d.key_version,
+            &d.wrapped_dek,
+            &d.sealed,
+        )?;
+        Ok(DeviceInfo {
+            id,
+            owner: d.owner,
+            expires: d.expires,
+            created: d.created,
+            body,
+        })
     }
 
     /// Adds a user; the name must be new.
@@ -162,9 +184,16 @@ impl Vault {
             return Err(crate::store::StoreError::Conflict("a user with this name").into());
         }
         let id = UserId::random().map_err(crate::crypto::SealError::from)?;
-        let (key_version, wrapped_dek, sealed) = self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(body.clone()))?;
+        let (key_version, wrapped_dek, sealed) =
+            self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(body.clone()))?;
         let now = Timestamp::now();
-        let stored = StoredUser { created: now, updated: now, key_version, wrapped_dek, sealed };
+        let stored = StoredUser {
+            created: now,
+            updated: now,
+            key_version,
+            wrapped_dek,
+            sealed,
+        };
         let index = index_hash(self.keyring.current().1, INDEX_USER_NAME, body.name.as_bytes());
         self.store.insert_user(id, &stored, index)?;
         Ok(UserInfo { id, created: now, body })
@@ -175,7 +204,9 @@ impl Vault {
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserInfo>, VaultError> {
         let snap = self.store.snapshot()?;
         for v in self.keyring.versions() {
-            let Some(master) = self.keyring.version(v) else { continue };
+            let Some(master) = self.keyring.version(v) else {
+                continue;
+            };
             if let Some(id) = snap.user_id_by_name_index(index_hash(master, INDEX_USER_NAME, name.as_bytes()))? {
                 let stored = snap.user(id)?.ok_or(VaultError::NotFound("user"))?;
                 let info = self.user_info(id, &stored)?;
@@ -195,7 +226,12 @@ impl Vault {
 
     /// Every user.
     pub fn users(&self) -> Result<Vec<UserInfo>, VaultError> {
-        self.store.snapshot()?.users()?.iter().map(|(id, u)| self.user_info(*id, u)).collect()
+        self.store
+            .snapshot()?
+            .users()?
+            .iter()
+            .map(|(id, u)| self.user_info(*id, u))
+            .collect()
     }
 
     /// Changes a user's sealed fields (not the name).
@@ -204,10 +240,17 @@ impl Vault {
         let name = info.body.name.clone();
         change(&mut info.body);
         info.body.name = name.clone();
-        let (key_version, wrapped_dek, sealed) = self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(info.body.clone()))?;
+        let (key_version, wrapped_dek, sealed) =
+            self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(info.body.clone()))?;
         let old = self.store.snapshot()?.user(id)?.ok_or(VaultError::NotFound("user"))?;
         let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, name.as_bytes());
-        let stored = StoredUser { created: old.created, updated: Timestamp::now(), key_version, wrapped_dek, sealed };
+        let stored = StoredUser {
+            created: old.created,
+            updated: Timestamp::now(),
+            key_version,
+            wrapped_dek,
+            sealed,
+        };
         self.store.update_user(id, &stored, reindex)?;
         Ok(info)
     }
@@ -222,17 +265,33 @@ impl Vault {
         let (key_version, wrapped_dek, sealed) =
             self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(body.clone()))?;
         let now = Timestamp::now();
-        let stored = StoredDevice { owner, expires, created: now, updated: now, key_version, wrapped_dek, sealed };
+        let stored = StoredDevice {
+            owner,
+            expires,
+            created: now,
+            updated: now,
+            key_version,
+            wrapped_dek,
+            sealed,
+        };
         let index = index_hash(self.keyring.current().1, INDEX_DEVICE_CERT, &body.thumbprint);
         self.store.insert_device(id, &stored, index)?;
-        Ok(DeviceInfo { id, owner, expires, created: now, body })
+        Ok(DeviceInfo {
+            id,
+            owner,
+            expires,
+            created: now,
+            body,
+        })
     }
 
     /// Finds the device holding the certificate with this SHA-256 thumbprint.
     pub fn device_by_thumbprint(&self, thumbprint: &[u8; 32]) -> Result<Option<DeviceInfo>, VaultError> {
         let snap = self.store.snapshot()?;
         for v in self.keyring.versions() {
-            let Some(master) = self.keyring.version(v) else { continue };
+            let Some(master) = self.keyring.version(v) else {
+                continue;
+            };
             if let Some(id) = snap.device_id_by_thumbprint_index(index_hash(master, INDEX_DEVICE_CERT, thumbprint))? {
                 let stored = snap.device(id)?.ok_or(VaultError::NotFound("device"))?;
                 let info = self.device_info(id, &stored)?;
@@ -246,51 +305,112 @@ impl Vault {
 
     /// One device by id.
     pub fn device(&self, id: DeviceId) -> Result<DeviceInfo, VaultError> {
-        let stored = self.store.snapshot()?.device(id)?.ok_or(VaultError::NotFound("device"))?;
+        let stored = self
+            .store
+            .snapshot()?
+            .device(id)?
+            .ok_or(VaultError::NotFound("device"))?;
         self.device_info(id, &stored)
     }
 
     /// Every device.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>, VaultError> {
-        self.store.snapshot()?.devices()?.iter().map(|(id, d)| self.device_info(*id, d)).collect()
+        self.store
+            .snapshot()?
+            .devices()?
+            .iter()
+            .map(|(id, d)| self.device_info(*id, d))
+            .collect()
     }
 
     /// Marks a device revoked.
     pub fn revoke_device(&self, id: DeviceId) -> Result<DeviceInfo, VaultError> {
-        let old = self.store.snapshot()?.device(id)?.ok_or(VaultError::NotFound("device"))?;
+        let old = self
+            .store
+            .snapshot()?
+            .device(id)?
+            .ok_or(VaultError::NotFound("device"))?;
         let mut info = self.device_info(id, &old)?;
         info.body.revoked = true;
         let (key_version, wrapped_dek, sealed) =
             self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(info.body.clone()))?;
         let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
-        let stored = StoredDevice { updated: Timestamp::now(), key_version, wrapped_dek, sealed, ..old };
+        let stored = StoredDevice {
+            updated: Timestamp::now(),
+            key_version,
+            wrapped_dek,
+            sealed,
+            ..old
+        };
         self.store.update_device(id, &stored, reindex)?;
         Ok(info)
     }
 
     /// The index move for a record re-sealed from version `from` to `to` (None if equal or
     /// if `from` is no longer held, in which case there is no old entry to find).
-    fn reindex(&self, from: u32, to: u32, label: &[u8], value: &[u8]) -> Option<([u8; 32], [u8; 32])> {
+    fn reindex(&self, from: u32, to: u32, label: &[u8], value: &[u8]) -> Option<Reindex> {
         if from == to {
             return None;
         }
         let old = self.keyring.version(from)?;
         let new = self.keyring.version(to)?;
-        Some((index_hash(old, label, value), index_hash(new, label, value)))
+        Some(Reindex { old: index_hash(old, label, value), new: index_hash(new, label, value) })
     }
 
     /// Rewraps a user's data key under `target` and moves its name index entry.
-    pub(crate) fn rewrap_user(&self, id: u128, u: StoredUser, target: u32) -> Result<crate::store::Rewrapped<StoredUser>, VaultError> {
+    pub(crate) fn rewrap_user(
+        &self,
+        id: u128,
+        u: StoredUser,
+        target: u32,
+    ) -> Result<crate::store::Rewrapped<StoredUser>, VaultError> {
         let info = self.user_info(UserId(id), &u)?;
-        let (wrapped_dek, reindex) = self.rewrap_indexed(Purpose::User, "user", id, u.key_version, &u.wrapped_dek, target, INDEX_USER_NAME, info.body.name.as_bytes())?;
-        Ok(crate::store::Rewrapped { record: StoredUser { key_version: target, wrapped_dek, ..u }, reindex: Some(reindex) })
+        let (wrapped_dek, reindex) = self.rewrap_indexed(
+            Purpose::User,
+            "user",
+            id,
+            u.key_version,
+            &u.wrapped_dek,
+            target,
+            INDEX_USER_NAME,
+            info.body.name.as_bytes(),
+        )?;
+        Ok(crate::store::Rewrapped {
+            record: StoredUser {
+                key_version: target,
+                wrapped_dek,
+                ..u
+            },
+            reindex: Some(reindex),
+        })
     }
 
     /// Rewraps a device's data key under `target` and moves its thumbprint index entry.
-    pub(crate) fn rewrap_device(&self, id: u128, d: StoredDevice, target: u32) -> Result<crate::store::Rewrapped<StoredDevice>, VaultError> {
+    pub(crate) fn rewrap_device(
+        &self,
+        id: u128,
+        d: StoredDevice,
+        target: u32,
+    ) -> Result<crate::store::Rewrapped<StoredDevice>, VaultError> {
         let info = self.device_info(DeviceId(id), &d)?;
-        let (wrapped_dek, reindex) = self.rewrap_indexed(Purpose::Device, "device", id, d.key_version, &d.wrapped_dek, target, INDEX_DEVICE_CERT, &info.body.thumbprint)?;
-        Ok(crate::store::Rewrapped { record: StoredDevice { key_version: target, wrapped_dek, ..d }, reindex: Some(reindex) })
+        let (wrapped_dek, reindex) = self.rewrap_indexed(
+            Purpose::Device,
+            "device",
+            id,
+            d.key_version,
+            &d.wrapped_dek,
+            target,
+            INDEX_DEVICE_CERT,
+            &info.body.thumbprint,
+        )?;
+        Ok(crate::store::Rewrapped {
+            record: StoredDevice {
+                key_version: target,
+                wrapped_dek,
+                ..d
+            },
+            reindex: Some(reindex),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -304,11 +424,11 @@ impl Vault {
         target: u32,
         label: &[u8],
         value: &[u8],
-    ) -> Result<(Vec<u8>, ([u8; 32], [u8; 32])), VaultError> {
+    ) -> Result<(Vec<u8>, Reindex), VaultError> {
         let old = self.master(what, format!("{id:032x}"), from)?;
         let new = self.master(what, format!("{id:032x}"), target)?;
         let wrapped = self.rewrap_key(purpose, what, id, from, wrapped_dek, target)?;
-        Ok((wrapped, (index_hash(old, label, value), index_hash(new, label, value))))
+        Ok((wrapped, Reindex { old: index_hash(old, label, value), new: index_hash(new, label, value) }))
     }
 
     /// Unwraps a data key under version `from` and wraps it under `target`.
@@ -324,7 +444,10 @@ impl Vault {
         let shown = format!("{id:032x}");
         let old = self.master(what, &shown, from)?;
         let new = self.master(what, &shown, target)?;
-        let bad = || VaultError::Integrity { what, id: shown.clone() };
+        let bad = || VaultError::Integrity {
+            what,
+            id: shown.clone(),
+        };
         let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
         let dek = envelope::unwrap(old.wrap_key(), from, purpose, id, &wrapped).map_err(|_| bad())?;
         Ok(envelope::wrap(new.wrap_key(), target, purpose, id, &dek)?.0.to_vec())

@@ -50,20 +50,27 @@ pub enum PassphraseError {
 
 /// Reads a passphrase file: the whole file, without one trailing newline.
 pub fn from_file(path: &Path) -> Result<Passphrase, PassphraseError> {
-    let bytes = Zeroizing::new(
-        std::fs::read(path).map_err(|source| PassphraseError::Read { path: path.display().to_string(), source })?,
-    );
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| PassphraseError::Read {
-            path: path.display().to_string(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
-        })?;
-    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| PassphraseError::Read {
+        path: path.display().to_string(),
+        source,
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| PassphraseError::Read {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
+    })?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(text);
     non_empty(Passphrase::new(text.to_owned()))
 }
 
 fn non_empty(p: Passphrase) -> Result<Passphrase, PassphraseError> {
-    if p.is_empty() { Err(PassphraseError::Empty) } else { Ok(p) }
+    if p.is_empty() {
+        Err(PassphraseError::Empty)
+    } else {
+        Ok(p)
+    }
 }
 
 /// The passphrase that unlocks an existing key file, from the first source that has one.

@@ -21,7 +21,10 @@ impl InitCmd {
         init::init(&paths, &passphrase, params, global.store_options())?;
         println!("created {}", paths.key_file().display());
         println!("created {}", paths.database().display());
-        println!("keep the passphrase and a copy of {} safe: without both, no backup can be read", paths.keys_dir.display());
+        println!(
+            "keep the passphrase and a copy of {} safe: without both, no backup can be read",
+            paths.keys_dir.display()
+        );
         Ok(())
     }
 }

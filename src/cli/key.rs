@@ -56,7 +56,10 @@ impl KeyCmd {
                 if report.resumed {
                     println!("resumed an interrupted rotation");
                 }
-                println!("master key version {} is current; {} keys rewrapped", report.current, report.rewrapped);
+                println!(
+                    "master key version {} is current; {} keys rewrapped",
+                    report.current, report.rewrapped
+                );
                 for v in report.retired {
                     println!("retired version {v} (no object uses it)");
                 }

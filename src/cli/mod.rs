@@ -41,17 +41,28 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "COFFER_PASSPHRASE_FILE", value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
     /// redb page cache, MiB.
-    #[arg(long, global = true, env = "COFFER_CACHE_MIB", default_value_t = 32, value_name = "MIB")]
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_CACHE_MIB",
+        default_value_t = 32,
+        value_name = "MIB"
+    )]
     pub cache_mib: usize,
 }
 
 impl GlobalArgs {
     fn paths(&self) -> Paths {
-        Paths { data_dir: self.data_dir.clone(), keys_dir: self.keys_dir.clone() }
+        Paths {
+            data_dir: self.data_dir.clone(),
+            keys_dir: self.keys_dir.clone(),
+        }
     }
 
     fn store_options(&self) -> StoreOptions {
-        StoreOptions { cache_bytes: self.cache_mib.saturating_mul(1024 * 1024) }
+        StoreOptions {
+            cache_bytes: self.cache_mib.saturating_mul(1024 * 1024),
+        }
     }
 
     /// Unlocks the key file and opens the database.
@@ -84,8 +95,12 @@ pub struct KdfArgs {
 
 impl KdfArgs {
     fn params(&self) -> anyhow::Result<KdfParams> {
-        let p = KdfParams { m_cost_kib: self.kdf_memory_kib, t_cost: self.kdf_iterations, p_cost: self.kdf_parallelism }
-            .validate()?;
+        let p = KdfParams {
+            m_cost_kib: self.kdf_memory_kib,
+            t_cost: self.kdf_iterations,
+            p_cost: self.kdf_parallelism,
+        }
+        .validate()?;
         if p.is_weaker_than_default() {
             eprintln!(
                 "warning: argon2id parameters below the production default (64 MiB, 3 iterations): acceptable for tests only"
@@ -116,7 +131,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let wrong = e.chain().any(|c| matches!(c.downcast_ref::<UnlockError>(), Some(UnlockError::WrongPassphrase(_))));
+            let wrong = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<UnlockError>(), Some(UnlockError::WrongPassphrase(_))));
             ExitCode::from(if wrong { EXIT_WRONG_PASSPHRASE } else { 1 })
         }
     }
@@ -126,7 +143,13 @@ pub fn run(cli: Cli) -> ExitCode {
 /// stops same-user ptrace and /proc/PID/mem reads).
 fn harden_process() {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
-    let no_core = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) });
+    let no_core = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    );
     let not_dumpable = set_dumpable_behavior(DumpableBehavior::NotDumpable);
     if no_core.is_err() || not_dumpable.is_err() {
         eprintln!("warning: could not disable core dumps; key material could reach a core file");

@@ -121,11 +121,17 @@ mod tests {
         let kek = key(1);
         let dek = key(9);
         let w = wrap(&kek, 1, Purpose::Document, 42, &dek).unwrap();
-        assert_eq!(unwrap(&kek, 1, Purpose::Document, 42, &w).unwrap().expose(), dek.expose());
+        assert_eq!(
+            unwrap(&kek, 1, Purpose::Document, 42, &w).unwrap().expose(),
+            dek.expose()
+        );
         assert_eq!(unwrap(&kek, 1, Purpose::Document, 43, &w).unwrap_err(), IntegrityError);
         assert_eq!(unwrap(&kek, 2, Purpose::Document, 42, &w).unwrap_err(), IntegrityError);
         assert_eq!(unwrap(&kek, 1, Purpose::User, 42, &w).unwrap_err(), IntegrityError);
-        assert_eq!(unwrap(&key(2), 1, Purpose::Document, 42, &w).unwrap_err(), IntegrityError);
+        assert_eq!(
+            unwrap(&key(2), 1, Purpose::Document, 42, &w).unwrap_err(),
+            IntegrityError
+        );
     }
 
     #[test]

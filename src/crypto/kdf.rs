@@ -36,11 +36,19 @@ pub struct KdfParamsError {
 
 impl KdfParams {
     /// Production default: 64 MiB, 3 passes, 1 lane (~0.2 s on the target machine).
-    pub const DEFAULT: Self = Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1 };
+    pub const DEFAULT: Self = Self {
+        m_cost_kib: 64 * 1024,
+        t_cost: 3,
+        p_cost: 1,
+    };
 
     /// Cheap parameters for tests only (a few milliseconds). Never a default.
     pub const fn for_tests() -> Self {
-        Self { m_cost_kib: 64, t_cost: 1, p_cost: 1 }
+        Self {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+        }
     }
 
     /// Checks the parameters are within the accepted range.
@@ -52,7 +60,11 @@ impl KdfParams {
         if ok {
             Ok(self)
         } else {
-            Err(KdfParamsError { m_cost_kib: self.m_cost_kib, t_cost: self.t_cost, p_cost: self.p_cost })
+            Err(KdfParamsError {
+                m_cost_kib: self.m_cost_kib,
+                t_cost: self.t_cost,
+                p_cost: self.p_cost,
+            })
         }
     }
 
@@ -64,10 +76,17 @@ impl KdfParams {
     /// Derives the 32-byte key-encryption key from a passphrase and salt.
     pub fn derive(self, passphrase: &Passphrase, salt: &[u8]) -> Result<SecretKey, KdfParamsError> {
         let params = self.validate()?;
-        let err = KdfParamsError { m_cost_kib: params.m_cost_kib, t_cost: params.t_cost, p_cost: params.p_cost };
-        let argon_params = Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32)).map_err(|_| {
-            KdfParamsError { m_cost_kib: params.m_cost_kib, t_cost: params.t_cost, p_cost: params.p_cost }
-        })?;
+        let err = KdfParamsError {
+            m_cost_kib: params.m_cost_kib,
+            t_cost: params.t_cost,
+            p_cost: params.p_cost,
+        };
+        let argon_params =
+            Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32)).map_err(|_| KdfParamsError {
+                m_cost_kib: params.m_cost_kib,
+                t_cost: params.t_cost,
+                p_cost: params.p_cost,
+            })?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
         SecretKey::from_fn(|out| argon.hash_password_into(passphrase.expose(), salt, out)).map_err(|_| err)
     }
@@ -103,9 +122,17 @@ mod tests {
 
     #[test]
     fn absurd_parameters_are_refused() {
-        let huge = KdfParams { m_cost_kib: u32::MAX, t_cost: 3, p_cost: 1 };
+        let huge = KdfParams {
+            m_cost_kib: u32::MAX,
+            t_cost: 3,
+            p_cost: 1,
+        };
         assert!(huge.validate().is_err());
-        let zero = KdfParams { m_cost_kib: 64, t_cost: 0, p_cost: 1 };
+        let zero = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 0,
+            p_cost: 1,
+        };
         assert!(zero.validate().is_err());
     }
 }

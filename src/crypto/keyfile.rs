@@ -110,7 +110,10 @@ impl Keyring {
         let key = self.versions.get(&self.current);
         // Invariant: `current` is always a key of `versions` (checked on decode, kept by
         // `add_version` and `retain`).
-        (self.current, key.unwrap_or_else(|| unreachable!("current version present")))
+        (
+            self.current,
+            key.unwrap_or_else(|| unreachable!("current version present")),
+        )
     }
 
     /// A version, if the keyring still holds it.
@@ -125,7 +128,14 @@ impl Keyring {
 
     /// Adds a fresh master key as the new current version and returns its number.
     pub fn add_version(&mut self) -> Result<u32, SealError> {
-        let next = self.versions.keys().next_back().copied().unwrap_or(0).checked_add(1).ok_or(SealError::TooLong)?;
+        let next = self
+            .versions
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or(SealError::TooLong)?;
         self.versions.insert(next, MasterKey::from_key(SecretKey::random()?));
         self.current = next;
         Ok(next)
@@ -198,7 +208,11 @@ impl Keyring {
     /// so the keyring can be re-sealed (rotation) without running argon2id again.
     pub fn open(file: &[u8], passphrase: &Passphrase) -> Result<(Self, Kek), KeyFileError> {
         let header = KeyFileHeader::parse(file)?;
-        let kek = Kek { key: header.params.derive(passphrase, &header.salt)?, params: header.params, salt: header.salt };
+        let kek = Kek {
+            key: header.params.derive(passphrase, &header.salt)?,
+            params: header.params,
+            salt: header.salt,
+        };
         let (aad, sealed) = file.split_at(HEADER_LEN);
         let body_len = sealed.len().checked_sub(TAG_LEN).ok_or(KeyFileError::Malformed)?;
         let (body, tag) = sealed.split_at(body_len);
@@ -221,7 +235,9 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kek").field("params", &self.params).finish_non_exhaustive()
+        f.debug_struct("Kek")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +245,11 @@ impl Kek {
     /// Derives a new key-encryption key from `passphrase` with a fresh salt.
     pub fn derive(passphrase: &Passphrase, params: KdfParams) -> Result<Self, SealFileError> {
         let salt: [u8; SALT_LEN] = random_bytes()?;
-        Ok(Self { key: params.derive(passphrase, &salt)?, params, salt })
+        Ok(Self {
+            key: params.derive(passphrase, &salt)?,
+            params,
+            salt,
+        })
     }
 
     /// The argon2id parameters.
@@ -273,7 +293,12 @@ impl KeyFileHeader {
             return Err(KeyFileError::UnsupportedVersion(version));
         }
         let u32_at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-        let params = KdfParams { m_cost_kib: u32_at(10), t_cost: u32_at(14), p_cost: u32_at(18) }.validate()?;
+        let params = KdfParams {
+            m_cost_kib: u32_at(10),
+            t_cost: u32_at(14),
+            p_cost: u32_at(18),
+        }
+        .validate()?;
         let mut salt = [0u8; SALT_LEN];
         salt.copy_from_slice(&h[22..22 + SALT_LEN]);
         let mut nonce = [0u8; NONCE_LEN];
@@ -281,7 +306,12 @@ impl KeyFileHeader {
         if file.len() < HEADER_LEN + 6 + ENTRY_LEN + TAG_LEN {
             return Err(KeyFileError::Malformed);
         }
-        Ok(Self { version, params, salt, nonce })
+        Ok(Self {
+            version,
+            params,
+            salt,
+            nonce,
+        })
     }
 }
 
@@ -307,7 +337,10 @@ mod tests {
         assert_eq!(back.current().0, 2);
         assert_eq!(back.versions().collect::<Vec<_>>(), vec![1, 2]);
         for v in [1, 2] {
-            assert_eq!(back.version(v).unwrap().key.expose(), ring.version(v).unwrap().key.expose());
+            assert_eq!(
+                back.version(v).unwrap().key.expose(),
+                ring.version(v).unwrap().key.expose()
+            );
         }
     }
 
@@ -316,18 +349,30 @@ mod tests {
         let ring = Keyring::generate().unwrap();
         let kek = Kek::derive(&pass("right passphrase"), KdfParams::for_tests()).unwrap();
         let file = ring.seal(&kek).unwrap();
-        assert!(matches!(Keyring::open(&file, &pass("wrong passphrase")), Err(KeyFileError::WrongPassphrase)));
+        assert!(matches!(
+            Keyring::open(&file, &pass("wrong passphrase")),
+            Err(KeyFileError::WrongPassphrase)
+        ));
         // Any altered byte after the magic/version is refused (params may fail validation first).
         for i in 10..file.len() {
             let mut bad = file.clone();
             bad[i] ^= 0x01;
             assert!(Keyring::open(&bad, &pass("right passphrase")).is_err(), "byte {i}");
         }
-        assert!(matches!(Keyring::open(&file[..file.len() - 1], &pass("right passphrase")), Err(_)));
-        assert!(matches!(Keyring::open(b"hello", &pass("x")), Err(KeyFileError::NotAKeyFile)));
+        assert!(matches!(
+            Keyring::open(&file[..file.len() - 1], &pass("right passphrase")),
+            Err(_)
+        ));
+        assert!(matches!(
+            Keyring::open(b"hello", &pass("x")),
+            Err(KeyFileError::NotAKeyFile)
+        ));
         let mut newer = file.clone();
         newer[9] = 2;
-        assert!(matches!(Keyring::open(&newer, &pass("right passphrase")), Err(KeyFileError::UnsupportedVersion(2))));
+        assert!(matches!(
+            Keyring::open(&newer, &pass("right passphrase")),
+            Err(KeyFileError::UnsupportedVersion(2))
+        ));
     }
 
     #[test]

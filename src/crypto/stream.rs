@@ -77,7 +77,11 @@ pub struct ChunkCipher {
 impl ChunkCipher {
     /// Keys a chunk cipher with an object's data key.
     pub fn new(dek: &SecretKey, object_id: u128, prefix: [u8; NONCE_PREFIX_LEN]) -> Self {
-        Self { aead: cipher(dek), object_id, prefix }
+        Self {
+            aead: cipher(dek),
+            object_id,
+            prefix,
+        }
     }
 
     fn nonce(&self, index: u32, last: bool) -> XNonce {
@@ -152,7 +156,13 @@ impl StreamEncryptor {
     /// Starts a stream with `chunk_size`-byte plaintext chunks.
     pub fn new(cipher: ChunkCipher, chunk_size: u32) -> Self {
         let chunk_size = chunk_size.max(1) as usize;
-        Self { cipher, chunk_size, buf: Vec::with_capacity(chunk_size + TAG_LEN), next_index: 0, total: 0 }
+        Self {
+            cipher,
+            chunk_size,
+            buf: Vec::with_capacity(chunk_size + TAG_LEN),
+            next_index: 0,
+            total: 0,
+        }
     }
 
     /// Bytes accepted so far.
@@ -234,7 +244,10 @@ mod tests {
         for size in [0usize, 1, 99, 100, 101, 1000] {
             for piece in [1, 7, 100, 1000] {
                 let chunks = encrypt(&data[..size], 100, piece);
-                let layout = Layout { size: size as u64, chunk_size: 100 };
+                let layout = Layout {
+                    size: size as u64,
+                    chunk_size: 100,
+                };
                 assert_eq!(chunks.len() as u64, layout.chunk_count());
                 let mut back = Vec::new();
                 let c = cipher_for(1);
@@ -252,14 +265,27 @@ mod tests {
     fn misplaced_chunks_fail() {
         let data = vec![1u8; 250];
         let chunks = encrypt(&data, 100, 250);
-        let layout = Layout { size: 250, chunk_size: 100 };
+        let layout = Layout {
+            size: 250,
+            chunk_size: 100,
+        };
         let c = cipher_for(1);
         // Chunk 0 read as chunk 1.
         let mut b = chunks[0].bytes.clone();
         assert!(c.open_chunk(layout, 1, &mut b).is_err());
         // Truncated stream: chunk 1 presented as the last chunk of a 200-byte stream.
         let mut b = chunks[1].bytes.clone();
-        assert!(c.open_chunk(Layout { size: 200, chunk_size: 100 }, 1, &mut b).is_err());
+        assert!(
+            c.open_chunk(
+                Layout {
+                    size: 200,
+                    chunk_size: 100
+                },
+                1,
+                &mut b
+            )
+            .is_err()
+        );
         // Another object's cipher.
         let mut b = chunks[0].bytes.clone();
         assert!(cipher_for(2).open_chunk(layout, 0, &mut b).is_err());

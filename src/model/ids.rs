@@ -82,7 +82,13 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_input() {
-        for bad in ["", "0123", "+123456789abcdef0011223344556677", "0123456789ABCDEF0011223344556677", "g123456789abcdef0011223344556677"] {
+        for bad in [
+            "",
+            "0123",
+            "+123456789abcdef0011223344556677",
+            "0123456789ABCDEF0011223344556677",
+            "g123456789abcdef0011223344556677",
+        ] {
             assert!(bad.parse::<DocumentId>().is_err(), "{bad}");
         }
     }

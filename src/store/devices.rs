@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::tables::{DEVICE_THUMBPRINTS, DEVICES};
-use super::{Snapshot, Store, StoreError, WrappedRecord};
+use super::{Reindex, Snapshot, Store, StoreError, WrappedRecord};
 use crate::model::{DeviceId, Timestamp, UserId};
 
 /// A device as stored.
@@ -52,7 +52,12 @@ impl WrappedRecord for StoredDevice {
 
 impl Store {
     /// Adds a device under the keyed hash of its certificate thumbprint.
-    pub fn insert_device(&self, id: DeviceId, device: &StoredDevice, thumbprint_index: [u8; 32]) -> Result<(), StoreError> {
+    pub fn insert_device(
+        &self,
+        id: DeviceId,
+        device: &StoredDevice,
+        thumbprint_index: [u8; 32],
+    ) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut names = txn.open_table(DEVICE_THUMBPRINTS)?;
@@ -72,7 +77,12 @@ impl Store {
 
     /// Replaces a device's record; `reindex` moves its thumbprint index entry when the
     /// record's master key version changed.
-    pub fn update_device(&self, id: DeviceId, device: &StoredDevice, reindex: Option<([u8; 32], [u8; 32])>) -> Result<(), StoreError> {
+    pub fn update_device(
+        &self,
+        id: DeviceId,
+        device: &StoredDevice,
+        reindex: Option<Reindex>,
+    ) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut devices = txn.open_table(DEVICES)?;
@@ -80,7 +90,7 @@ impl Store {
                 return Err(StoreError::NotFound("device"));
             }
             devices.insert(id.0, device.encode()?.as_slice())?;
-            if let Some((old, new)) = reindex {
+            if let Some(Reindex { old, new }) = reindex {
                 let mut index = txn.open_table(DEVICE_THUMBPRINTS)?;
                 index.remove(old)?;
                 index.insert(new, id.0)?;
@@ -101,7 +111,11 @@ impl Snapshot {
 
     /// The device id under a keyed thumbprint hash.
     pub fn device_id_by_thumbprint_index(&self, thumbprint_index: [u8; 32]) -> Result<Option<DeviceId>, StoreError> {
-        Ok(self.txn.open_table(DEVICE_THUMBPRINTS)?.get(thumbprint_index)?.map(|g| DeviceId(g.value())))
+        Ok(self
+            .txn
+            .open_table(DEVICE_THUMBPRINTS)?
+            .get(thumbprint_index)?
+            .map(|g| DeviceId(g.value())))
     }
 
     /// Every device record, in id order.

@@ -73,7 +73,13 @@ impl Store {
             if staging.get(id.0)?.is_some() {
                 return Err(StoreError::Conflict("an upload with this id"));
             }
-            staging.insert(id.0, encode(&StagedUpload::V1 { started: Timestamp::now() })?.as_slice())?;
+            staging.insert(
+                id.0,
+                encode(&StagedUpload::V1 {
+                    started: Timestamp::now(),
+                })?
+                .as_slice(),
+            )?;
         }
         txn.commit()?;
         Ok(())

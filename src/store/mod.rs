@@ -59,7 +59,13 @@ macro_rules! from_redb {
         }
     )*};
 }
-from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
 
 impl From<redb::DatabaseError> for StoreError {
     fn from(e: redb::DatabaseError) -> Self {
@@ -79,7 +85,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_bytes: DEFAULT_CACHE_BYTES }
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
     }
 }
 
@@ -146,9 +154,14 @@ impl Store {
 
     fn check_schema(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META).map_err(|_| StoreError::Corrupt("schema version"))?;
+        let meta = txn
+            .open_table(META)
+            .map_err(|_| StoreError::Corrupt("schema version"))?;
         let guard = meta.get(SCHEMA_KEY)?.ok_or(StoreError::Corrupt("schema version"))?;
-        let bytes: [u8; 4] = guard.value().try_into().map_err(|_| StoreError::Corrupt("schema version"))?;
+        let bytes: [u8; 4] = guard
+            .value()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("schema version"))?;
         match u32::from_be_bytes(bytes) {
             SCHEMA_VERSION => Ok(()),
             v if v > SCHEMA_VERSION => Err(StoreError::NewerSchema(v)),
@@ -162,7 +175,10 @@ impl Store {
         {
             let mut staging = txn.open_table(STAGING)?;
             let mut chunks = txn.open_table(CHUNKS)?;
-            let ids: Vec<u128> = staging.iter()?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
+            let ids: Vec<u128> = staging
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
             for id in ids {
                 report.staged_chunks_removed += remove_chunks(&mut chunks, id)?;
                 staging.remove(id)?;
@@ -175,7 +191,9 @@ impl Store {
 
     /// A consistent read-only view of the whole database.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot { txn: self.db.begin_read()? })
+        Ok(Snapshot {
+            txn: self.db.begin_read()?,
+        })
     }
 
     /// Allocated bytes and stored bytes of the database, for space accounting.
@@ -262,12 +280,21 @@ fn count_versions<R: WrappedRecord>(
     Ok(())
 }
 
+/// Moves an index entry from the keyed hash under one master key version to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reindex {
+    /// Keyed hash under the old version.
+    pub old: [u8; 32],
+    /// Keyed hash under the new version.
+    pub new: [u8; 32],
+}
+
 /// What a rewrap step produced for one record.
 pub struct Rewrapped<R> {
     /// The record with its data key wrapped under the target version.
     pub record: R,
-    /// For indexed families: (old index key, new index key).
-    pub reindex: Option<([u8; 32], [u8; 32])>,
+    /// For indexed families: the index entry to move.
+    pub reindex: Option<Reindex>,
 }
 
 /// Progress of one rewrap batch.
@@ -329,8 +356,9 @@ impl Store {
             };
             for (id, rec) in todo {
                 let out = f(id, rec)?;
-                t.insert(id, out.record.encode()?.as_slice()).map_err(StoreError::from)?;
-                if let (Some(idx), Some((old, new))) = (idx.as_mut(), out.reindex) {
+                t.insert(id, out.record.encode()?.as_slice())
+                    .map_err(StoreError::from)?;
+                if let (Some(idx), Some(Reindex { old, new })) = (idx.as_mut(), out.reindex) {
                     idx.remove(old).map_err(StoreError::from)?;
                     idx.insert(new, id).map_err(StoreError::from)?;
                 }

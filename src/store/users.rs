@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::tables::{USER_NAMES, USERS};
-use super::{Snapshot, Store, StoreError, WrappedRecord};
+use super::{Reindex, Snapshot, Store, StoreError, WrappedRecord};
 use crate::model::{Timestamp, UserId};
 
 /// A user as stored.
@@ -68,7 +68,12 @@ impl Store {
 
     /// Replaces a user's record; `reindex` moves its name index entry when the record's
     /// master key version changed.
-    pub fn update_user(&self, id: UserId, user: &StoredUser, reindex: Option<([u8; 32], [u8; 32])>) -> Result<(), StoreError> {
+    pub fn update_user(
+        &self,
+        id: UserId,
+        user: &StoredUser,
+        reindex: Option<Reindex>,
+    ) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut users = txn.open_table(USERS)?;
@@ -76,7 +81,7 @@ impl Store {
                 return Err(StoreError::NotFound("user"));
             }
             users.insert(id.0, user.encode()?.as_slice())?;
-            if let Some((old, new)) = reindex {
+            if let Some(Reindex { old, new }) = reindex {
                 let mut index = txn.open_table(USER_NAMES)?;
                 index.remove(old)?;
                 index.insert(new, id.0)?;
@@ -97,7 +102,11 @@ impl Snapshot {
 
     /// The user id under a keyed name hash.
     pub fn user_id_by_name_index(&self, name_index: [u8; 32]) -> Result<Option<UserId>, StoreError> {
-        Ok(self.txn.open_table(USER_NAMES)?.get(name_index)?.map(|g| UserId(g.value())))
+        Ok(self
+            .txn
+            .open_table(USER_NAMES)?
+            .get(name_index)?
+            .map(|g| UserId(g.value())))
     }
 
     /// Every user record, in id order.
