@@ -333,6 +333,7 @@ impl Store {
             Family::Users => (USERS, Some(USER_NAMES)),
             Family::Devices => (DEVICES, Some(DEVICE_THUMBPRINTS)),
         };
+        let limit = limit.max(1);
         let txn = self.write(Durability::Immediate)?;
         let mut done = 0usize;
         let mut next = None;
