@@ -26,7 +26,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn field<'a>(text: &'a str, name: &str) -> &'a str {
@@ -48,13 +51,24 @@ fn version_1_vectors_still_open() {
     assert_eq!(ring.current().0, 1);
 
     let wrapped: [u8; WRAPPED_KEY_LEN] = unhex(field(&text, "wrapped_dek")).try_into().unwrap();
-    let dek = envelope::unwrap(ring.current().1.wrap_key(), 1, Purpose::Document, OBJECT_ID, &WrappedKey(wrapped))
-        .unwrap();
+    let dek = envelope::unwrap(
+        ring.current().1.wrap_key(),
+        1,
+        Purpose::Document,
+        OBJECT_ID,
+        &WrappedKey(wrapped),
+    )
+    .unwrap();
     assert_eq!(hex(dek.expose()), field(&text, "dek"));
 
     let mut chunk = unhex(field(&text, "chunk0"));
-    let layout = Layout { size: PLAINTEXT.len() as u64, chunk_size: 65_472 };
-    ChunkCipher::new(&dek, OBJECT_ID, PREFIX).open_chunk(layout, 0, &mut chunk).unwrap();
+    let layout = Layout {
+        size: PLAINTEXT.len() as u64,
+        chunk_size: 65_472,
+    };
+    ChunkCipher::new(&dek, OBJECT_ID, PREFIX)
+        .open_chunk(layout, 0, &mut chunk)
+        .unwrap();
     assert_eq!(chunk, PLAINTEXT);
 }
 
@@ -76,7 +90,13 @@ fn chunk_vector_matches_the_documented_construction() {
     aad.extend_from_slice(&0u32.to_be_bytes());
     let nonce = XNonce::try_from(nonce.as_slice()).unwrap();
     let plain = XChaCha20Poly1305::new(&dek.into())
-        .decrypt(&nonce, Payload { msg: &unhex(field(&text, "chunk0")), aad: &aad })
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: &unhex(field(&text, "chunk0")),
+                aad: &aad,
+            },
+        )
         .unwrap();
     assert_eq!(plain, PLAINTEXT);
 }
@@ -90,7 +110,9 @@ fn regenerate() {
     let dek = SecretKey::random().unwrap();
     let wrapped = envelope::wrap(ring.current().1.wrap_key(), 1, Purpose::Document, OBJECT_ID, &dek).unwrap();
     let mut chunk = PLAINTEXT.to_vec();
-    ChunkCipher::new(&dek, OBJECT_ID, PREFIX).seal_chunk(0, true, &mut chunk).unwrap();
+    ChunkCipher::new(&dek, OBJECT_ID, PREFIX)
+        .seal_chunk(0, true, &mut chunk)
+        .unwrap();
     let text = format!(
         "# coffer format v1 vectors (see tests/format_vectors.rs)\n\
          passphrase = {PASSPHRASE}\nobject_id = {OBJECT_ID:032x}\nnonce_prefix = {}\nplaintext = {}\n\

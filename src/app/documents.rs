@@ -111,6 +111,15 @@ pub struct DocumentInfo {
     pub meta: DocumentMeta,
 }
 
+/// The result of [`Vault::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Readable documents matching the filter, newest first.
+    pub documents: Vec<DocumentInfo>,
+    /// Documents whose key or metadata failed the integrity check.
+    pub damaged: Vec<DocumentId>,
+}
+
 /// Which documents to list. Every set condition must hold.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ListFilter {
@@ -157,7 +166,7 @@ impl Vault {
             encryptor: Some(encryptor),
             hasher: Sha256::new(),
             pending: Vec::with_capacity(STAGE_BATCH),
-            stager: Some(Stager::spawn(self.store.clone(), id)?),
+            stager: Some(Stager::spawn(self.store.downgrade(), id)?),
             started: Timestamp::now(),
         })
     }
@@ -264,21 +273,32 @@ impl Vault {
         })
     }
 
-    /// Documents matching `filter`, newest first, with decrypted metadata.
-    pub fn list(&self, filter: ListFilter) -> Result<Vec<DocumentInfo>, VaultError> {
-        let mut out = Vec::new();
+    /// Documents matching `filter`, newest first, with decrypted metadata. A document whose
+    /// key or metadata fails its integrity check does not hide the others: it is listed
+    /// in [`Listing::damaged`] (when its clear owner matches the filter).
+    pub fn list(&self, filter: ListFilter) -> Result<Listing, VaultError> {
+        let mut listing = Listing::default();
         for (id, doc) in self.store.snapshot()?.documents()? {
             if filter.owner.is_some_and(|o| o != doc.owner) {
                 continue;
             }
-            let (_, info) = self.info(id, &doc)?;
+            let info = match self.info(id, &doc) {
+                Ok((_, info)) => info,
+                Err(VaultError::Integrity { .. } | VaultError::MissingKeyVersion { .. }) => {
+                    listing.damaged.push(id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if filter.visibility.is_some_and(|v| v != info.meta.visibility) {
                 continue;
             }
-            out.push(info);
+            listing.documents.push(info);
         }
-        out.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
-        Ok(out)
+        listing
+            .documents
+            .sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
+        Ok(listing)
     }
 
     /// Deletes a document, its wrapped key and its chunks in one durable commit.
@@ -320,12 +340,17 @@ struct Stager {
 }
 
 impl Stager {
-    fn spawn(store: crate::store::Store, id: DocumentId) -> Result<Self, VaultError> {
+    /// The thread holds the store only while it writes a batch, so a writer that is leaked
+    /// (never finished nor dropped) cannot keep the database open.
+    fn spawn(store: crate::store::WeakStore, id: DocumentId) -> Result<Self, VaultError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SealedChunk>>(STAGE_QUEUE);
         let thread = std::thread::Builder::new()
             .name("coffer-stager".into())
             .spawn(move || {
                 for batch in rx {
+                    let store = store
+                        .upgrade()
+                        .ok_or(crate::store::StoreError::NotFound("open database"))?;
                     store.stage_chunks(id, &batch)?;
                 }
                 Ok(())

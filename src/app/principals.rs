@@ -99,39 +99,55 @@ pub(crate) fn index_hash(master: &MasterKey, label: &[u8], value: &[u8]) -> [u8;
     mac.finalize().into_bytes().into()
 }
 
-fn body_aad(purpose: Purpose, id: u128) -> Vec<u8> {
+fn body_aad(purpose: Purpose, id: u128, bound: &[u8]) -> Vec<u8> {
     let mut aad = AAD_META.to_vec();
     aad.push(0);
     aad.extend_from_slice(purpose.label());
     aad.push(0);
     aad.extend_from_slice(&id.to_be_bytes());
+    aad.extend_from_slice(bound);
     aad
+}
+
+/// The clear fields of a device that its sealed body authenticates: moving a device to
+/// another owner or extending its expiry in the file makes it fail to open.
+fn device_bound(owner: UserId, expires: Timestamp) -> Vec<u8> {
+    let mut b = owner.to_bytes().to_vec();
+    b.extend_from_slice(&expires.0.to_be_bytes());
+    b
 }
 
 /// A sealed body: (key version, wrapped DEK, sealed bytes).
 type Sealed = (u32, Vec<u8>, Vec<u8>);
 
 impl Vault {
-    fn seal_body<T: Serialize>(&self, purpose: Purpose, id: u128, body: &T) -> Result<Sealed, VaultError> {
+    fn seal_body<T: Serialize>(
+        &self,
+        purpose: Purpose,
+        id: u128,
+        bound: &[u8],
+        body: &T,
+    ) -> Result<Sealed, VaultError> {
         let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
         let (version, master) = self.keyring.current();
         let wrapped = envelope::wrap(master.wrap_key(), version, purpose, id, &dek)?;
         let plain = Zeroizing::new(
             postcard::to_stdvec(body).map_err(|_| VaultError::Invalid("record does not encode".into()))?,
         );
-        let sealed = envelope::seal(&dek, &body_aad(purpose, id), &plain)?;
+        let sealed = envelope::seal(&dek, &body_aad(purpose, id, bound), &plain)?;
         Ok((version, wrapped.0.to_vec(), sealed))
     }
 
     fn open_body<T: serde::de::DeserializeOwned>(
         &self,
         purpose: Purpose,
-        what: &'static str,
         id: u128,
+        bound: &[u8],
         key_version: u32,
         wrapped_dek: &[u8],
         sealed: &[u8],
     ) -> Result<T, VaultError> {
+        let what = purpose.noun();
         let shown = format!("{id:032x}");
         let master = self.master(what, &shown, key_version)?;
         let bad = || VaultError::Integrity {
@@ -140,7 +156,7 @@ impl Vault {
         };
         let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
         let dek = envelope::unwrap(master.wrap_key(), key_version, purpose, id, &wrapped).map_err(|_| bad())?;
-        let plain = envelope::open(&dek, &body_aad(purpose, id), sealed).map_err(|_| bad())?;
+        let plain = envelope::open(&dek, &body_aad(purpose, id, bound), sealed).map_err(|_| bad())?;
         match postcard::take_from_bytes::<T>(&plain) {
             Ok((v, [])) => Ok(v),
             _ => Err(bad()),
@@ -149,7 +165,7 @@ impl Vault {
 
     fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
         let UserBodyRecord::V1(body) =
-            self.open_body(Purpose::User, "user", id.0, u.key_version, &u.wrapped_dek, &u.sealed)?;
+            self.open_body(Purpose::User, id.0, &[], u.key_version, &u.wrapped_dek, &u.sealed)?;
         Ok(UserInfo {
             id,
             created: u.created,
@@ -160,8 +176,8 @@ impl Vault {
     fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
         let DeviceBodyRecord::V1(body) = self.open_body(
             Purpose::Device,
-            "device",
             id.0,
+            &device_bound(d.owner, d.expires),
             d.key_version,
             &d.wrapped_dek,
             &d.sealed,
@@ -185,7 +201,7 @@ impl Vault {
         }
         let id = UserId::random().map_err(crate::crypto::SealError::from)?;
         let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(body.clone()))?;
+            self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(body.clone()))?;
         let now = Timestamp::now();
         let stored = StoredUser {
             created: now,
@@ -241,7 +257,7 @@ impl Vault {
         change(&mut info.body);
         info.body.name = name.clone();
         let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::User, id.0, &UserBodyRecord::V1(info.body.clone()))?;
+            self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(info.body.clone()))?;
         let old = self.store.snapshot()?.user(id)?.ok_or(VaultError::NotFound("user"))?;
         let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, name.as_bytes());
         let stored = StoredUser {
@@ -262,8 +278,12 @@ impl Vault {
             return Err(crate::store::StoreError::Conflict("a device with this certificate").into());
         }
         let id = DeviceId::random().map_err(crate::crypto::SealError::from)?;
-        let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(body.clone()))?;
+        let (key_version, wrapped_dek, sealed) = self.seal_body(
+            Purpose::Device,
+            id.0,
+            &device_bound(owner, expires),
+            &DeviceBodyRecord::V1(body.clone()),
+        )?;
         let now = Timestamp::now();
         let stored = StoredDevice {
             owner,
@@ -332,8 +352,12 @@ impl Vault {
             .ok_or(VaultError::NotFound("device"))?;
         let mut info = self.device_info(id, &old)?;
         info.body.revoked = true;
-        let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::Device, id.0, &DeviceBodyRecord::V1(info.body.clone()))?;
+        let (key_version, wrapped_dek, sealed) = self.seal_body(
+            Purpose::Device,
+            id.0,
+            &device_bound(old.owner, old.expires),
+            &DeviceBodyRecord::V1(info.body.clone()),
+        )?;
         let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
         let stored = StoredDevice {
             updated: Timestamp::now(),
@@ -354,7 +378,10 @@ impl Vault {
         }
         let old = self.keyring.version(from)?;
         let new = self.keyring.version(to)?;
-        Some(Reindex { old: index_hash(old, label, value), new: index_hash(new, label, value) })
+        Some(Reindex {
+            old: index_hash(old, label, value),
+            new: index_hash(new, label, value),
+        })
     }
 
     /// Rewraps a user's data key under `target` and moves its name index entry.
@@ -428,7 +455,13 @@ impl Vault {
         let old = self.master(what, format!("{id:032x}"), from)?;
         let new = self.master(what, format!("{id:032x}"), target)?;
         let wrapped = self.rewrap_key(purpose, what, id, from, wrapped_dek, target)?;
-        Ok((wrapped, Reindex { old: index_hash(old, label, value), new: index_hash(new, label, value) }))
+        Ok((
+            wrapped,
+            Reindex {
+                old: index_hash(old, label, value),
+                new: index_hash(new, label, value),
+            },
+        ))
     }
 
     /// Unwraps a data key under version `from` and wraps it under `target`.

@@ -359,10 +359,7 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(Keyring::open(&bad, &pass("right passphrase")).is_err(), "byte {i}");
         }
-        assert!(matches!(
-            Keyring::open(&file[..file.len() - 1], &pass("right passphrase")),
-            Err(_)
-        ));
+        assert!(Keyring::open(&file[..file.len() - 1], &pass("right passphrase")).is_err());
         assert!(matches!(
             Keyring::open(b"hello", &pass("x")),
             Err(KeyFileError::NotAKeyFile)

@@ -36,6 +36,16 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// What to call such an object in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Document => "document",
+            Self::User => "user",
+            Self::Device => "device",
+            Self::ErpRecord => "ERP record",
+        }
+    }
+
     /// Stable byte label.
     pub fn label(self) -> &'static [u8] {
         match self {

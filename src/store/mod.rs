@@ -37,7 +37,7 @@ pub enum StoreError {
     #[error("database schema version {0} is newer than this coffer supports ({SCHEMA_VERSION}); upgrade coffer")]
     NewerSchema(u32),
     /// A record or the database structure is damaged.
-    #[error("the database is damaged: {0} is unreadable (run `coffer verify`, restore from backup)")]
+    #[error("the database is damaged: {0} is unreadable (restore data/coffer.redb from a backup)")]
     Corrupt(&'static str),
     /// A unique name or thumbprint is already taken.
     #[error("{0} already exists")]
@@ -112,7 +112,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A handle that does not keep the database open (see [`Store::downgrade`]).
+#[derive(Clone)]
+pub struct WeakStore(std::sync::Weak<Database>);
+
+impl WeakStore {
+    /// The store, if it is still open.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|db| Store { db })
+    }
+}
+
 impl Store {
+    /// A handle for background work that must not keep the database open by itself.
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(std::sync::Arc::downgrade(&self.db))
+    }
+
     /// Creates a new database at `path`, which must not exist yet.
     pub fn create(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         if path.exists() {
@@ -170,6 +186,10 @@ impl Store {
     }
 
     fn collect_staged(&self) -> Result<OpenReport, StoreError> {
+        // Most opens find nothing to collect: don't write then.
+        if self.snapshot()?.staged_uploads()? == 0 {
+            return Ok(OpenReport::default());
+        }
         let txn = self.db.begin_write()?;
         let mut report = OpenReport::default();
         {

@@ -68,12 +68,7 @@ impl Store {
 
     /// Replaces a user's record; `reindex` moves its name index entry when the record's
     /// master key version changed.
-    pub fn update_user(
-        &self,
-        id: UserId,
-        user: &StoredUser,
-        reindex: Option<Reindex>,
-    ) -> Result<(), StoreError> {
+    pub fn update_user(&self, id: UserId, user: &StoredUser, reindex: Option<Reindex>) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
         {
             let mut users = txn.open_table(USERS)?;
