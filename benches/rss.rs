@@ -115,7 +115,7 @@ fn parent(args: &[String]) {
         .collect();
     if list {
         for s in &wanted {
-            println!("rss/{}: bench", label(*s));
+            println!("rss/{}: benchmark", label(*s));
         }
         return;
     }

@@ -80,8 +80,12 @@ impl Vault {
     pub fn begin_rotation(&mut self) -> Result<Rotation<'_>, VaultError> {
         let resumed = self.keyring.versions().count() > 1;
         if !resumed {
-            self.keyring.add_version()?;
-            self.write_key_file()?;
+            // The key file must hold the new version before anything is wrapped under it:
+            // commit the file first, then adopt the keyring.
+            let mut next = self.keyring.clone();
+            next.add_version()?;
+            write_key_file(&self.paths, &next, &self.kek)?;
+            self.keyring = next;
         }
         let target = self.keyring.current().0;
         Ok(Rotation {
@@ -174,14 +178,17 @@ impl Rotation<'_> {
     pub fn finish(mut self) -> Result<RotateReport, VaultError> {
         while self.step(REWRAP_BATCH)? {}
         let usage = self.vault.store.key_usage()?;
-        let before: Vec<u32> = self.vault.keyring.versions().collect();
-        self.vault.keyring.retain(|v| usage.get(&v).is_some_and(|n| *n > 0));
-        let retired: Vec<u32> = before
-            .into_iter()
-            .filter(|v| self.vault.keyring.version(*v).is_none())
+        let mut next = self.vault.keyring.clone();
+        next.retain(|v| usage.get(&v).is_some_and(|n| *n > 0));
+        let retired: Vec<u32> = self
+            .vault
+            .keyring
+            .versions()
+            .filter(|v| next.version(*v).is_none())
             .collect();
         if !retired.is_empty() {
-            self.vault.write_key_file()?;
+            write_key_file(&self.vault.paths, &next, &self.vault.kek)?;
+            self.vault.keyring = next;
         }
         Ok(RotateReport {
             current: self.target,

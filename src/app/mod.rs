@@ -208,13 +208,9 @@ impl Vault {
                 version,
             })
     }
-
-    /// Seals the keyring under the current KEK and replaces the key file atomically.
-    fn write_key_file(&self) -> Result<(), VaultError> {
-        write_key_file(&self.paths, &self.keyring, &self.kek)
-    }
 }
 
+/// Seals `keyring` under `kek` and replaces the key file atomically.
 fn write_key_file(paths: &Paths, keyring: &Keyring, kek: &Kek) -> Result<(), VaultError> {
     let bytes = keyring.seal(kek)?;
     let path = paths.key_file();

@@ -67,6 +67,7 @@ impl GlobalArgs {
 
     /// Unlocks the key file and opens the database.
     fn open_vault(&self) -> anyhow::Result<Vault> {
+        warn_if_exposed(&self.paths().key_file());
         let passphrase = crate::app::unlock::existing(self.passphrase_file.as_deref())?;
         let (vault, report) = Vault::open(&self.paths(), &passphrase, self.store_options())?;
         if report.staged_uploads_removed > 0 {
@@ -76,6 +77,21 @@ impl GlobalArgs {
             );
         }
         Ok(vault)
+    }
+}
+
+/// Warns when the key file can be read by other users: the passphrase is then the only
+/// thing between them and the master keys.
+fn warn_if_exposed(key_file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key_file)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: {} is readable by other users; run `chmod 600 {}`",
+            key_file.display(),
+            key_file.display()
+        );
     }
 }
 

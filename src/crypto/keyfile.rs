@@ -55,6 +55,7 @@ pub enum KeyFileError {
 }
 
 /// One master key version and the subkeys derived from it.
+#[derive(Clone)]
 pub struct MasterKey {
     key: SecretKey,
     wrap: SecretKey,
@@ -90,8 +91,9 @@ impl MasterKey {
     }
 }
 
-/// The unlocked set of master key versions; exactly one is current.
-#[derive(Debug)]
+/// The unlocked set of master key versions; exactly one is current. Cloning copies key
+/// material into another zeroizing value (used to prepare a change before committing it).
+#[derive(Clone, Debug)]
 pub struct Keyring {
     versions: BTreeMap<u32, MasterKey>,
     current: u32,
