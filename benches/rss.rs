@@ -10,6 +10,7 @@
 //! ```text
 //! cargo bench --bench rss                 # 64 MiB and 1 GiB documents
 //! cargo bench --bench rss -- --test       # one small document, as a smoke test
+//!                                         # (also what `cargo test --benches` runs)
 //! ```
 //!
 //! The database lives in a fresh temporary directory under `$COFFER_BENCH_DIR` if set,
@@ -92,21 +93,26 @@ fn mib(kib: u64) -> f64 {
 // ---------------------------------------------------------------------------------------
 
 fn parent(args: &[String]) {
+    // As criterion: `cargo bench` passes --bench; without it (`cargo test --benches`) or
+    // with --test, run the small smoke test only.
+    let mut bench = false;
     let mut test = false;
     let mut list = false;
     let mut filters = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--bench" => bench = true,
             "--test" => test = true,
             "--list" => list = true,
             s if VALUE_OPTIONS.contains(&s) => {
                 it.next();
             }
-            s if s.starts_with('-') => {} // --bench, --exact, --quiet, ...: nothing to do here
+            s if s.starts_with('-') => {} // --exact, --quiet, --noplot, ...: nothing to do here
             s => filters.push(s.to_owned()),
         }
     }
+    let test = test || !bench;
     let sizes: &[u64] = if test { &[4 * MIB] } else { &[64 * MIB, GIB] };
     let wanted: Vec<u64> = sizes
         .iter()
