@@ -18,6 +18,8 @@ use crate::store::{Snapshot, StoredDocument};
 
 /// Sealed chunks are staged in batches of this many (about 1 MiB) per store commit.
 const STAGE_BATCH: usize = 16;
+/// Plaintext buffered per batch: the batch plus one chunk still in the encryptor.
+const STAGE_PLAIN_CAPACITY: usize = (STAGE_BATCH + 1) * CHUNK_SIZE as usize;
 /// Longest accepted name, content type and tag, in bytes.
 const MAX_SHORT_FIELD: usize = 255;
 /// Longest accepted title, in bytes.
@@ -164,10 +166,9 @@ impl Vault {
             wrapped,
             prefix,
             encryptor: Some(encryptor),
-            hasher: Sha256::new(),
+            plain: Vec::with_capacity(STAGE_PLAIN_CAPACITY),
             pending: Vec::with_capacity(STAGE_BATCH),
             stager: Some(Stager::spawn(self.store.downgrade(), id)?),
-            started: Timestamp::now(),
         })
     }
 
@@ -313,9 +314,10 @@ impl Vault {
 
 /// An upload in progress. Dropping it without [`finish`](Self::finish) discards it.
 ///
-/// The caller's thread hashes and encrypts; a stager thread writes sealed chunks to the
-/// store meanwhile, so the two overlap on two cores. At most [`STAGE_QUEUE`] batches wait
-/// between them, which bounds memory whatever the document's size.
+/// The caller's thread encrypts; a stager thread hashes the plaintext and writes the sealed
+/// chunks to the store meanwhile, so the work splits evenly over two cores. At most two
+/// batches (about 1 MiB of plaintext and its ciphertext each) wait between them, which
+/// bounds memory whatever the document's size.
 pub struct DocumentWriter<'v> {
     vault: &'v Vault,
     id: DocumentId,
@@ -325,35 +327,42 @@ pub struct DocumentWriter<'v> {
     wrapped: WrappedKey,
     prefix: [u8; NONCE_PREFIX_LEN],
     encryptor: Option<StreamEncryptor>,
-    hasher: Sha256,
+    plain: Vec<u8>,
     pending: Vec<SealedChunk>,
     stager: Option<Stager>,
-    started: Timestamp,
+}
+
+/// Plaintext (to hash) and the sealed chunks made from it, handed to the stager.
+struct Batch {
+    plain: Vec<u8>,
+    sealed: Vec<SealedChunk>,
 }
 
 /// Batches that may wait for the stager thread.
 const STAGE_QUEUE: usize = 2;
 
 struct Stager {
-    tx: std::sync::mpsc::SyncSender<Vec<SealedChunk>>,
-    thread: std::thread::JoinHandle<Result<(), crate::store::StoreError>>,
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    thread: std::thread::JoinHandle<Result<[u8; 32], crate::store::StoreError>>,
 }
 
 impl Stager {
     /// The thread holds the store only while it writes a batch, so a writer that is leaked
     /// (never finished nor dropped) cannot keep the database open.
     fn spawn(store: crate::store::WeakStore, id: DocumentId) -> Result<Self, VaultError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SealedChunk>>(STAGE_QUEUE);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(STAGE_QUEUE);
         let thread = std::thread::Builder::new()
             .name("coffer-stager".into())
             .spawn(move || {
+                let mut hasher = Sha256::new();
                 for batch in rx {
+                    hasher.update(&batch.plain);
                     let store = store
                         .upgrade()
                         .ok_or(crate::store::StoreError::NotFound("open database"))?;
-                    store.stage_chunks(id, &batch)?;
+                    store.stage_chunks(id, &batch.sealed)?;
                 }
-                Ok(())
+                Ok(hasher.finalize().into())
             })
             .map_err(|source| VaultError::Write {
                 path: "stager thread".into(),
@@ -362,8 +371,8 @@ impl Stager {
         Ok(Self { tx, thread })
     }
 
-    /// Waits for every queued batch to be written.
-    fn finish(self) -> Result<(), VaultError> {
+    /// Waits for every queued batch to be written; returns the content's SHA-256.
+    fn finish(self) -> Result<[u8; 32], VaultError> {
         drop(self.tx);
         match self.thread.join() {
             Ok(result) => Ok(result?),
@@ -389,7 +398,7 @@ impl DocumentWriter<'_> {
             .encryptor
             .as_mut()
             .ok_or(VaultError::Invalid("upload already finished".into()))?;
-        self.hasher.update(data);
+        self.plain.extend_from_slice(data);
         self.pending.extend(enc.update(data)?);
         if self.pending.len() >= STAGE_BATCH {
             self.flush()?;
@@ -401,7 +410,10 @@ impl DocumentWriter<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(STAGE_BATCH));
+        let batch = Batch {
+            plain: std::mem::replace(&mut self.plain, Vec::with_capacity(STAGE_PLAIN_CAPACITY)),
+            sealed: std::mem::replace(&mut self.pending, Vec::with_capacity(STAGE_BATCH)),
+        };
         let sent = match &self.stager {
             Some(stager) => stager.tx.send(batch).is_ok(),
             None => false,
@@ -427,10 +439,11 @@ impl DocumentWriter<'_> {
         let (last, size) = enc.finish()?;
         self.pending.push(last);
         self.flush()?;
-        if let Some(stager) = self.stager.take() {
-            stager.finish()?;
-        }
-        let sha256: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+        let stager = self
+            .stager
+            .take()
+            .ok_or(VaultError::Invalid("upload already finished".into()))?;
+        let sha256 = stager.finish()?;
         let now = Timestamp::now();
         let meta = DocumentMeta {
             name: std::mem::take(&mut self.new.name),
@@ -444,7 +457,7 @@ impl DocumentWriter<'_> {
             owner: self.new.owner,
             size,
             chunk_size: CHUNK_SIZE,
-            created: self.started.max(now),
+            created: now,
             updated: now,
             key_version: self.key_version,
             wrapped_dek: self.wrapped.0.to_vec(),
@@ -539,7 +552,14 @@ impl DocumentReader {
         let avail = self.buf.len() - start;
         let take = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(avail);
         self.remaining -= take as u64;
-        Ok(self.buf[start..start + take].to_vec())
+        // Hand the buffer out instead of copying it; the next chunk gets a fresh one.
+        let mut piece = std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHUNK_SIZE as usize + envelope::TAG_LEN),
+        );
+        piece.truncate(start + take);
+        piece.drain(..start);
+        Ok(piece)
     }
 }
 
