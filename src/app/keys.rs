@@ -139,8 +139,7 @@ impl Rotation<'_> {
         let batch = match family {
             Family::Documents => {
                 store.rewrap_batch::<StoredDocument, VaultError>(family, cursor.., target, limit, |id, d| {
-                    let wrapped_dek =
-                        vault.rewrap_key(Purpose::Document, "document", id, d.key_version, &d.wrapped_dek, target)?;
+                    let wrapped_dek = vault.rewrap_key(Purpose::Document, id, d.key_version, &d.wrapped_dek, target)?;
                     Ok(Rewrapped {
                         record: StoredDocument {
                             key_version: target,

@@ -392,23 +392,15 @@ impl Vault {
         target: u32,
     ) -> Result<crate::store::Rewrapped<StoredUser>, VaultError> {
         let info = self.user_info(UserId(id), &u)?;
-        let (wrapped_dek, reindex) = self.rewrap_indexed(
-            Purpose::User,
-            "user",
-            id,
-            u.key_version,
-            &u.wrapped_dek,
-            target,
-            INDEX_USER_NAME,
-            info.body.name.as_bytes(),
-        )?;
+        let wrapped_dek = self.rewrap_key(Purpose::User, id, u.key_version, &u.wrapped_dek, target)?;
+        let reindex = self.reindex(u.key_version, target, INDEX_USER_NAME, info.body.name.as_bytes());
         Ok(crate::store::Rewrapped {
             record: StoredUser {
                 key_version: target,
                 wrapped_dek,
                 ..u
             },
-            reindex: Some(reindex),
+            reindex,
         })
     }
 
@@ -420,60 +412,28 @@ impl Vault {
         target: u32,
     ) -> Result<crate::store::Rewrapped<StoredDevice>, VaultError> {
         let info = self.device_info(DeviceId(id), &d)?;
-        let (wrapped_dek, reindex) = self.rewrap_indexed(
-            Purpose::Device,
-            "device",
-            id,
-            d.key_version,
-            &d.wrapped_dek,
-            target,
-            INDEX_DEVICE_CERT,
-            &info.body.thumbprint,
-        )?;
+        let wrapped_dek = self.rewrap_key(Purpose::Device, id, d.key_version, &d.wrapped_dek, target)?;
+        let reindex = self.reindex(d.key_version, target, INDEX_DEVICE_CERT, &info.body.thumbprint);
         Ok(crate::store::Rewrapped {
             record: StoredDevice {
                 key_version: target,
                 wrapped_dek,
                 ..d
             },
-            reindex: Some(reindex),
+            reindex,
         })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn rewrap_indexed(
-        &self,
-        purpose: Purpose,
-        what: &'static str,
-        id: u128,
-        from: u32,
-        wrapped_dek: &[u8],
-        target: u32,
-        label: &[u8],
-        value: &[u8],
-    ) -> Result<(Vec<u8>, Reindex), VaultError> {
-        let old = self.master(what, format!("{id:032x}"), from)?;
-        let new = self.master(what, format!("{id:032x}"), target)?;
-        let wrapped = self.rewrap_key(purpose, what, id, from, wrapped_dek, target)?;
-        Ok((
-            wrapped,
-            Reindex {
-                old: index_hash(old, label, value),
-                new: index_hash(new, label, value),
-            },
-        ))
     }
 
     /// Unwraps a data key under version `from` and wraps it under `target`.
     pub(crate) fn rewrap_key(
         &self,
         purpose: Purpose,
-        what: &'static str,
         id: u128,
         from: u32,
         wrapped_dek: &[u8],
         target: u32,
     ) -> Result<Vec<u8>, VaultError> {
+        let what = purpose.noun();
         let shown = format!("{id:032x}");
         let old = self.master(what, &shown, from)?;
         let new = self.master(what, &shown, target)?;
