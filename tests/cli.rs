@@ -128,7 +128,7 @@ fn wrong_passphrase_exits_2_and_changes_nothing() {
         assert_file_unchanged(&dirs.database(), &db_before, &context);
     }
     // No temporary files were left next to them either.
-    assert_eq!(files_under(&dirs.paths.keys_dir), vec![dirs.key_file()]);
+    assert_eq!(files_under(&dirs.paths.keys_dir), keys_dir_files(&dirs));
     assert_eq!(files_under(&dirs.paths.data_dir), vec![dirs.database()]);
 }
 

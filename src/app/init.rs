@@ -24,6 +24,9 @@ pub enum InitError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process holds the keys directory.
+    #[error("{0}")]
+    Locked(String),
     /// Anything else.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -52,9 +55,17 @@ pub fn init(paths: &Paths, passphrase: &Passphrase, params: KdfParams, options: 
             source,
         })?;
     }
+    // Held until init returns, so two inits cannot interleave.
+    let _lock = super::lock_keys(paths).map_err(|e| InitError::Locked(e.to_string()))?;
+    if path_exists(&key_file) {
+        return Err(InitError::KeyFileExists(key_file.display().to_string()));
+    }
     let keyring = Keyring::generate().map_err(VaultError::from)?;
     let kek = Kek::derive(passphrase, params).map_err(VaultError::from)?;
-    drop(Store::create(&database, options)?);
+    let store = Store::create(&database, options)?;
+    let (v, master) = keyring.current();
+    store.set_key_check(v, master.check_value())?;
+    drop(store);
     if let Err(e) = write_key_file(paths, &keyring, &kek) {
         let _ = std::fs::remove_file(&database);
         return Err(e.into());

@@ -8,7 +8,7 @@ use crate::crypto::kdf::KdfParams;
 use crate::crypto::keyfile::Kek;
 use crate::crypto::labels::Purpose;
 use crate::secret::Passphrase;
-use crate::store::{Family, Rewrapped, StoredDevice, StoredDocument, StoredUser};
+use crate::store::{Family, Rewrapped, StoredDocument};
 
 /// Records rewrapped per durable commit.
 pub const REWRAP_BATCH: usize = 256;
@@ -37,6 +37,9 @@ pub struct RotateReport {
     pub rewrapped: u64,
     /// Versions removed from the key file.
     pub retired: Vec<u32>,
+    /// Objects that could not be rewrapped (damaged, or wrapped under a version the key
+    /// file lacks); the versions they use were kept.
+    pub damaged: Vec<String>,
 }
 
 const FAMILIES: [Family; 3] = [Family::Documents, Family::Users, Family::Devices];
@@ -50,6 +53,26 @@ pub struct Rotation<'v> {
     family: usize,
     cursor: Option<u128>,
     rewrapped: u64,
+    damaged: Vec<String>,
+}
+
+/// A record whose key cannot be unwrapped (altered, or its version is gone) must not stop
+/// the rotation of all the others: it is skipped and reported, and the version it needs
+/// stays in the key file.
+fn tolerate_damage<R>(
+    damaged: &mut Vec<String>,
+    purpose: Purpose,
+    id: u128,
+    result: Result<Rewrapped<R>, VaultError>,
+) -> Result<Option<Rewrapped<R>>, VaultError> {
+    match result {
+        Ok(r) => Ok(Some(r)),
+        Err(VaultError::Integrity { .. } | VaultError::MissingKeyVersion { .. }) => {
+            damaged.push(format!("{} {id:032x}", purpose.noun()));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl Vault {
@@ -82,9 +105,17 @@ impl Vault {
         if !resumed {
             // The key file must hold the new version before anything is wrapped under it:
             // commit the file first, then adopt the keyring.
+            let used = self.store.key_usage()?.keys().next_back().copied().unwrap_or(0);
+            let floor = used.max(self.store.highest_key_check()?);
             let mut next = self.keyring.clone();
-            next.add_version()?;
+            let (v, master) = {
+                let v = next.add_version(floor)?;
+                (v, next.version(v).map(|m| m.check_value()))
+            };
             write_key_file(&self.paths, &next, &self.kek)?;
+            if let Some(check) = master {
+                self.store.set_key_check(v, check)?;
+            }
             self.keyring = next;
         }
         let target = self.keyring.current().0;
@@ -95,6 +126,7 @@ impl Vault {
             family: 0,
             cursor: Some(0),
             rewrapped: 0,
+            damaged: Vec::new(),
         })
     }
 
@@ -136,30 +168,27 @@ impl Rotation<'_> {
         let vault: &Vault = self.vault;
         let target = self.target;
         let store = &vault.store;
+        let damaged = &mut self.damaged;
         let batch = match family {
-            Family::Documents => {
-                store.rewrap_batch::<StoredDocument, VaultError>(family, cursor.., target, limit, |id, d| {
-                    let wrapped_dek = vault.rewrap_key(Purpose::Document, id, d.key_version, &d.wrapped_dek, target)?;
-                    Ok(Rewrapped {
+            Family::Documents => store.rewrap_batch(family, cursor.., target, limit, |id, d: StoredDocument| {
+                let rewrapped = vault
+                    .rewrap_key(Purpose::Document, id, d.key_version, &d.wrapped_dek, target)
+                    .map(|wrapped_dek| Rewrapped {
                         record: StoredDocument {
                             key_version: target,
                             wrapped_dek,
                             ..d
                         },
                         reindex: None,
-                    })
-                })?
-            }
-            Family::Users => {
-                store.rewrap_batch::<StoredUser, VaultError>(family, cursor.., target, limit, |id, u| {
-                    vault.rewrap_user(id, u, target)
-                })?
-            }
-            Family::Devices => {
-                store.rewrap_batch::<StoredDevice, VaultError>(family, cursor.., target, limit, |id, d| {
-                    vault.rewrap_device(id, d, target)
-                })?
-            }
+                    });
+                tolerate_damage(damaged, Purpose::Document, id, rewrapped)
+            })?,
+            Family::Users => store.rewrap_batch(family, cursor.., target, limit, |id, u| {
+                tolerate_damage(damaged, Purpose::User, id, vault.rewrap_user(id, u, target))
+            })?,
+            Family::Devices => store.rewrap_batch(family, cursor.., target, limit, |id, d| {
+                tolerate_damage(damaged, Purpose::Device, id, vault.rewrap_device(id, d, target))
+            })?,
         };
         self.rewrapped += batch.rewrapped as u64;
         match batch.next {
@@ -194,6 +223,7 @@ impl Rotation<'_> {
             resumed: self.resumed,
             rewrapped: self.rewrapped,
             retired,
+            damaged: self.damaged,
         })
     }
 }

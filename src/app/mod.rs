@@ -68,9 +68,55 @@ pub enum UnlockError {
         /// What is wrong.
         source: KeyFileError,
     },
+    /// Another process holds the keys directory's lock.
+    #[error("another coffer process is using {0} (is `coffer serve` or another admin command running?)")]
+    Busy(String),
+    /// The lock file could not be created or locked.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file opens, but holds a key the database does not know under that version.
+    #[error(
+        "the key file does not belong to this database (master key version {0} differs): \
+         check --keys-dir and --data-dir"
+    )]
+    KeyMismatch(u32),
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Name of the lock file in the keys directory. Every process that reads or writes the key
+/// file or the database holds it, so no command works from a stale keyring.
+pub const LOCK_FILE: &str = "coffer.lock";
+
+/// Takes the keys directory's lock (exclusive, non-blocking) for as long as the returned
+/// file lives.
+pub fn lock_keys(paths: &Paths) -> Result<std::fs::File, UnlockError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = paths.keys_dir.join(LOCK_FILE);
+    let shown = path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(|source| UnlockError::Lock {
+            path: shown.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(UnlockError::Busy(paths.keys_dir.display().to_string())),
+        Err(std::fs::TryLockError::Error(source)) => Err(UnlockError::Lock { path: shown, source }),
+    }
 }
 
 /// Errors of operations on an unlocked coffer.
@@ -133,6 +179,7 @@ pub struct Vault {
     keyring: Keyring,
     kek: Kek,
     store: Store,
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Vault {
@@ -166,14 +213,27 @@ impl Vault {
         passphrase: &Passphrase,
         options: StoreOptions,
     ) -> Result<(Self, OpenReport), UnlockError> {
+        if !path_exists(&paths.key_file()) {
+            return Err(UnlockError::NoKeyFile(paths.key_file().display().to_string()));
+        }
+        let lock = lock_keys(paths)?;
         let (keyring, kek) = unlock_keyring(paths, passphrase)?;
         let (store, report) = Store::open(&paths.database(), options)?;
+        for v in keyring.versions() {
+            let Some(master) = keyring.version(v) else { continue };
+            if let Some(stored) = store.key_check(v)?
+                && !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &master.check_value()[..]))
+            {
+                return Err(UnlockError::KeyMismatch(v));
+            }
+        }
         Ok((
             Self {
                 paths: paths.clone(),
                 keyring,
                 kek,
                 store,
+                _lock: lock,
             },
             report,
         ))

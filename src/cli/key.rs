@@ -60,8 +60,18 @@ impl KeyCmd {
                     "master key version {} is current; {} keys rewrapped",
                     report.current, report.rewrapped
                 );
-                for v in report.retired {
+                for v in &report.retired {
                     println!("retired version {v} (no object uses it)");
+                }
+                if !report.damaged.is_empty() {
+                    for what in &report.damaged {
+                        eprintln!("damaged: {what} could not be rewrapped");
+                    }
+                    anyhow::bail!(
+                        "{} object(s) could not be rewrapped, so the versions they use stay in the key file; \
+                         restore them from a backup (or delete them), then run `coffer key rotate` again",
+                        report.damaged.len()
+                    );
                 }
             }
             Self::Status => {

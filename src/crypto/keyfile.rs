@@ -85,6 +85,16 @@ impl MasterKey {
         &self.wrap
     }
 
+    /// A value that identifies this key without revealing it, stored in the database so a
+    /// key file that does not belong to the database is refused.
+    pub fn check_value(&self) -> [u8; 32] {
+        let hk = Hkdf::<Sha256>::new(None, self.key.expose());
+        let mut out = [0u8; 32];
+        // 32-byte output: within HKDF's limit, cannot fail.
+        let _ = hk.expand(super::labels::HKDF_KEY_CHECK, &mut out);
+        out
+    }
+
     /// The subkey of keyed hashes over lookup names.
     pub fn index_key(&self) -> &SecretKey {
         &self.index
@@ -129,13 +139,16 @@ impl Keyring {
     }
 
     /// Adds a fresh master key as the new current version and returns its number.
-    pub fn add_version(&mut self) -> Result<u32, SealError> {
+    /// The number is above every version held and above `floor` (the highest version the
+    /// database has ever seen), so a number is never reused for a different key.
+    pub fn add_version(&mut self, floor: u32) -> Result<u32, SealError> {
         let next = self
             .versions
             .keys()
             .next_back()
             .copied()
             .unwrap_or(0)
+            .max(floor)
             .checked_add(1)
             .ok_or(SealError::TooLong)?;
         self.versions.insert(next, MasterKey::from_key(SecretKey::random()?));
@@ -328,7 +341,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip() {
         let mut ring = Keyring::generate().unwrap();
-        ring.add_version().unwrap();
+        ring.add_version(0).unwrap();
         let kek = Kek::derive(&pass("a long passphrase"), KdfParams::for_tests()).unwrap();
         let file = ring.seal(&kek).unwrap();
         let (back, kek2) = Keyring::open(&file, &pass("a long passphrase")).unwrap();
@@ -377,7 +390,7 @@ mod tests {
     #[test]
     fn retain_keeps_current() {
         let mut ring = Keyring::generate().unwrap();
-        ring.add_version().unwrap();
+        ring.add_version(0).unwrap();
         ring.retain(|_| false);
         assert_eq!(ring.versions().collect::<Vec<_>>(), vec![2]);
     }

@@ -11,6 +11,9 @@ pub const HKDF_WRAP: &[u8] = b"coffer/v1/hkdf/dek-wrap";
 /// HKDF info for the key of keyed hashes over lookup names (user names, thumbprints).
 pub const HKDF_INDEX: &[u8] = b"coffer/v1/hkdf/index";
 
+/// HKDF info of a master key version's check value (stored in the database).
+pub const HKDF_KEY_CHECK: &[u8] = b"coffer/v1/hkdf/key-check";
+
 /// AAD prefix of a wrapped data key.
 pub const AAD_WRAP: &[u8] = b"coffer/v1/wrap";
 /// AAD prefix of a content chunk.

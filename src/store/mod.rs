@@ -20,6 +20,13 @@ pub use users::{StoredUser, UserRecord};
 
 use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
 
+/// META keys of master key check values: `key_check:<version>`.
+const KEY_CHECK_PREFIX: &str = "key_check:";
+
+fn key_check_name(v: u32) -> String {
+    format!("{KEY_CHECK_PREFIX}{v:010}")
+}
+
 /// Default redb page-cache size: 32 MiB. redb's own default (1 GiB) would show up as RSS.
 pub const DEFAULT_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -230,6 +237,40 @@ impl Store {
         Ok(space)
     }
 
+    /// The check value recorded for master key version `v`, if any.
+    pub fn key_check(&self, v: u32) -> Result<Option<[u8; 32]>, StoreError> {
+        let snap = self.snapshot()?;
+        let meta = snap.txn.open_table(META)?;
+        let guard = meta.get(key_check_name(v).as_str())?;
+        guard
+            .map(|g| <[u8; 32]>::try_from(g.value()).map_err(|_| StoreError::Corrupt("a key check value")))
+            .transpose()
+    }
+
+    /// Highest master key version the database has a check value for.
+    pub fn highest_key_check(&self) -> Result<u32, StoreError> {
+        let snap = self.snapshot()?;
+        let meta = snap.txn.open_table(META)?;
+        let mut highest = 0;
+        for entry in meta.range(KEY_CHECK_PREFIX..)? {
+            let (k, _) = entry?;
+            let Some(v) = k.value().strip_prefix(KEY_CHECK_PREFIX) else {
+                break;
+            };
+            highest = highest.max(v.parse::<u32>().map_err(|_| StoreError::Corrupt("a key check value"))?);
+        }
+        Ok(highest)
+    }
+
+    /// Records master key version `v`'s check value, durably.
+    pub fn set_key_check(&self, v: u32, check: [u8; 32]) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        txn.open_table(META)?
+            .insert(key_check_name(v).as_str(), check.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// How many stored objects each master key version wraps.
     pub fn key_usage(&self) -> Result<BTreeMap<u32, u64>, StoreError> {
         let snap = self.snapshot()?;
@@ -339,14 +380,15 @@ pub enum Family {
 
 impl Store {
     /// Rewraps up to `limit` records of `family` whose key version differs from `target`,
-    /// starting at id `from`, in one durable commit. `f` does the cryptography.
+    /// starting at id `from`, in one durable commit. `f` does the cryptography and returns
+    /// `None` for a record it cannot rewrap, which is then left untouched.
     pub fn rewrap_batch<R: WrappedRecord, E: From<StoreError>>(
         &self,
         family: Family,
         from: RangeFrom<u128>,
         target: u32,
         limit: usize,
-        mut f: impl FnMut(u128, R) -> Result<Rewrapped<R>, E>,
+        mut f: impl FnMut(u128, R) -> Result<Option<Rewrapped<R>>, E>,
     ) -> Result<RewrapBatch, E> {
         let (table, index) = match family {
             Family::Documents => (DOCUMENTS, None),
@@ -376,7 +418,8 @@ impl Store {
                 None => None,
             };
             for (id, rec) in todo {
-                let out = f(id, rec)?;
+                // `None`: the caller could not rewrap this record (damaged); leave it as is.
+                let Some(out) = f(id, rec)? else { continue };
                 t.insert(id, out.record.encode()?.as_slice())
                     .map_err(StoreError::from)?;
                 if let (Some(idx), Some(Reindex { old, new })) = (idx.as_mut(), out.reindex) {

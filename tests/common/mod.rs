@@ -436,6 +436,13 @@ pub fn flip_bit(bytes: &mut [u8], byte: usize, bit: u8) {
 // ---- files ----
 
 /// Every regular file under `dir`, recursively.
+/// What a keys directory holds: the key file and the (empty) lock file, nothing else.
+pub fn keys_dir_files(dirs: &TestDirs) -> Vec<PathBuf> {
+    let mut files = vec![dirs.key_file(), dirs.paths.keys_dir.join(coffer::app::LOCK_FILE)];
+    files.sort();
+    files
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -482,7 +489,7 @@ pub fn assert_file_unchanged(path: &Path, before: &[u8], context: &str) {
 #[track_caller]
 pub fn assert_keys_dir_clean(dirs: &TestDirs) {
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(files_under(&dirs.paths.keys_dir), vec![dirs.key_file()]);
+    assert_eq!(files_under(&dirs.paths.keys_dir), keys_dir_files(dirs));
     let mode = std::fs::metadata(dirs.key_file())
         .expect("key file")
         .permissions()

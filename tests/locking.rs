@@ -1,0 +1,73 @@
+//! One process at a time per keys directory, and a key file must belong to its database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use coffer::app::{UnlockError, Vault};
+use coffer::store::StoreOptions;
+use common::*;
+
+#[test]
+fn a_second_open_of_the_same_coffer_is_refused_while_the_first_holds_it() {
+    let (dirs, vault) = temp_vault();
+    let second = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default());
+    assert!(matches!(second, Err(UnlockError::Busy(_))), "{second:?}");
+    // The binary says so too, and changes nothing.
+    let out = run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another coffer process"));
+    drop(vault);
+    open_vault(&dirs.paths);
+}
+
+#[test]
+fn a_key_file_from_another_coffer_is_refused() {
+    let a = init_dirs();
+    let b = init_dirs();
+    std::fs::copy(b.key_file(), a.key_file()).unwrap();
+    let opened = Vault::open(&a.paths, &passphrase(), StoreOptions::default());
+    assert!(matches!(opened, Err(UnlockError::KeyMismatch(1))), "{opened:?}");
+    let out = run_coffer(&a.paths, PASSPHRASE, &["key", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong to this database"));
+}
+
+#[test]
+fn rotation_never_reuses_a_version_number_the_database_has_seen() {
+    let (dirs, vault) = temp_vault();
+    let doc = store_document(&vault, "a.bin", &pattern(1, 1000));
+    drop(vault);
+    let old_key_file = file_bytes(&dirs.key_file());
+    run_coffer_ok(&dirs.paths, &["key", "rotate"]);
+    // An operator puts back an old copy of the key file (only version 1) and rotates again:
+    // the new version must not be numbered 2, which the database knows as another key.
+    std::fs::write(dirs.key_file(), &old_key_file).unwrap();
+    let mut vault = open_vault(&dirs.paths);
+    assert!(
+        read_all(&vault, doc.id).is_err(),
+        "the document is wrapped under the missing v2"
+    );
+    let rotation = vault.begin_rotation().unwrap();
+    assert_eq!(rotation.target(), 3);
+    // v2's wrapped key cannot be rewrapped without v2: the rotation reports it and goes on.
+    let report = rotation.finish().unwrap();
+    assert_eq!(report.damaged, vec![format!("document {}", doc.id)]);
+}
+
+#[test]
+fn a_damaged_record_does_not_block_the_rotation_of_the_others() {
+    let (dirs, vault) = temp_vault();
+    let good = store_document(&vault, "good.bin", &pattern(1, 5000));
+    let bad = store_document(&vault, "bad.bin", &pattern(2, 5000));
+    drop(vault);
+    tamper_document_record(&dirs.paths, bad.id, |d| flip_bit(&mut d.wrapped_dek, 40, 1));
+    let out = run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("damaged: document {}", bad.id)), "{stderr}");
+    let vault = open_vault(&dirs.paths);
+    let status = vault.key_status().unwrap();
+    // The good document moved to v2; v1 stays for the damaged one.
+    assert_eq!(status.versions.into_iter().collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
+    assert_eq!(read_all(&vault, good.id).unwrap(), pattern(1, 5000));
+}
