@@ -250,25 +250,29 @@ impl Vault {
             .collect()
     }
 
-    /// Changes a user's sealed fields (not the name).
+    /// Changes a user's sealed fields (not the name), atomically with respect to other
+    /// updates of the same user.
     pub fn update_user(&self, id: UserId, change: impl FnOnce(&mut UserBody)) -> Result<UserInfo, VaultError> {
-        let mut info = self.user(id)?;
-        let name = info.body.name.clone();
-        change(&mut info.body);
-        info.body.name = name.clone();
-        let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(info.body.clone()))?;
-        let old = self.store.snapshot()?.user(id)?.ok_or(VaultError::NotFound("user"))?;
-        let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, name.as_bytes());
-        let stored = StoredUser {
-            created: old.created,
-            updated: Timestamp::now(),
-            key_version,
-            wrapped_dek,
-            sealed,
-        };
-        self.store.update_user(id, &stored, reindex)?;
-        Ok(info)
+        let mut updated = None;
+        self.store.update_user(id, |old: StoredUser| {
+            let mut info = self.user_info(id, &old)?;
+            let name = info.body.name.clone();
+            change(&mut info.body);
+            info.body.name = name;
+            let (key_version, wrapped_dek, sealed) =
+                self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(info.body.clone()))?;
+            let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, info.body.name.as_bytes());
+            let stored = StoredUser {
+                updated: Timestamp::now(),
+                key_version,
+                wrapped_dek,
+                sealed,
+                ..old
+            };
+            updated = Some(info);
+            Ok::<_, VaultError>((stored, reindex))
+        })?;
+        updated.ok_or(VaultError::NotFound("user"))
     }
 
     /// Registers a device for `owner` with its certificate thumbprint.
@@ -343,31 +347,30 @@ impl Vault {
             .collect()
     }
 
-    /// Marks a device revoked.
+    /// Marks a device revoked, atomically with respect to other updates of it.
     pub fn revoke_device(&self, id: DeviceId) -> Result<DeviceInfo, VaultError> {
-        let old = self
-            .store
-            .snapshot()?
-            .device(id)?
-            .ok_or(VaultError::NotFound("device"))?;
-        let mut info = self.device_info(id, &old)?;
-        info.body.revoked = true;
-        let (key_version, wrapped_dek, sealed) = self.seal_body(
-            Purpose::Device,
-            id.0,
-            &device_bound(old.owner, old.expires),
-            &DeviceBodyRecord::V1(info.body.clone()),
-        )?;
-        let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
-        let stored = StoredDevice {
-            updated: Timestamp::now(),
-            key_version,
-            wrapped_dek,
-            sealed,
-            ..old
-        };
-        self.store.update_device(id, &stored, reindex)?;
-        Ok(info)
+        let mut updated = None;
+        self.store.update_device(id, |old: StoredDevice| {
+            let mut info = self.device_info(id, &old)?;
+            info.body.revoked = true;
+            let (key_version, wrapped_dek, sealed) = self.seal_body(
+                Purpose::Device,
+                id.0,
+                &device_bound(old.owner, old.expires),
+                &DeviceBodyRecord::V1(info.body.clone()),
+            )?;
+            let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
+            let stored = StoredDevice {
+                updated: Timestamp::now(),
+                key_version,
+                wrapped_dek,
+                sealed,
+                ..old
+            };
+            updated = Some(info);
+            Ok::<_, VaultError>((stored, reindex))
+        })?;
+        updated.ok_or(VaultError::NotFound("device"))
     }
 
     /// The index move for a record re-sealed from version `from` to `to` (None if equal or

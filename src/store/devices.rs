@@ -75,28 +75,30 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a device's record; `reindex` moves its thumbprint index entry when the
-    /// record's master key version changed.
-    pub fn update_device(
+    /// Read-modify-write of a device's record in one write transaction, so concurrent
+    /// updates cannot overwrite each other. `change` gets the current record and returns
+    /// the new one, plus the index move when its master key version changed.
+    pub fn update_device<E: From<StoreError>>(
         &self,
         id: DeviceId,
-        device: &StoredDevice,
-        reindex: Option<Reindex>,
-    ) -> Result<(), StoreError> {
+        change: impl FnOnce(StoredDevice) -> Result<(StoredDevice, Option<Reindex>), E>,
+    ) -> Result<(), E> {
         let txn = self.write(Durability::Immediate)?;
         {
-            let mut devices = txn.open_table(DEVICES)?;
-            if devices.get(id.0)?.is_none() {
-                return Err(StoreError::NotFound("device"));
-            }
-            devices.insert(id.0, device.encode()?.as_slice())?;
+            let mut table = txn.open_table(DEVICES).map_err(StoreError::from)?;
+            let old = match table.get(id.0).map_err(StoreError::from)? {
+                Some(g) => StoredDevice::decode(g.value())?,
+                None => return Err(StoreError::NotFound("device").into()),
+            };
+            let (new, reindex) = change(old)?;
+            table.insert(id.0, new.encode()?.as_slice()).map_err(StoreError::from)?;
             if let Some(Reindex { old, new }) = reindex {
-                let mut index = txn.open_table(DEVICE_THUMBPRINTS)?;
-                index.remove(old)?;
-                index.insert(new, id.0)?;
+                let mut index = txn.open_table(DEVICE_THUMBPRINTS).map_err(StoreError::from)?;
+                index.remove(old).map_err(StoreError::from)?;
+                index.insert(new, id.0).map_err(StoreError::from)?;
             }
         }
-        txn.commit()?;
+        txn.commit().map_err(StoreError::from)?;
         Ok(())
     }
 }

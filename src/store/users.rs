@@ -66,23 +66,30 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a user's record; `reindex` moves its name index entry when the record's
-    /// master key version changed.
-    pub fn update_user(&self, id: UserId, user: &StoredUser, reindex: Option<Reindex>) -> Result<(), StoreError> {
+    /// Read-modify-write of a user's record in one write transaction, so concurrent
+    /// updates cannot overwrite each other. `change` gets the current record and returns
+    /// the new one, plus the index move when its master key version changed.
+    pub fn update_user<E: From<StoreError>>(
+        &self,
+        id: UserId,
+        change: impl FnOnce(StoredUser) -> Result<(StoredUser, Option<Reindex>), E>,
+    ) -> Result<(), E> {
         let txn = self.write(Durability::Immediate)?;
         {
-            let mut users = txn.open_table(USERS)?;
-            if users.get(id.0)?.is_none() {
-                return Err(StoreError::NotFound("user"));
-            }
-            users.insert(id.0, user.encode()?.as_slice())?;
+            let mut table = txn.open_table(USERS).map_err(StoreError::from)?;
+            let old = match table.get(id.0).map_err(StoreError::from)? {
+                Some(g) => StoredUser::decode(g.value())?,
+                None => return Err(StoreError::NotFound("user").into()),
+            };
+            let (new, reindex) = change(old)?;
+            table.insert(id.0, new.encode()?.as_slice()).map_err(StoreError::from)?;
             if let Some(Reindex { old, new }) = reindex {
-                let mut index = txn.open_table(USER_NAMES)?;
-                index.remove(old)?;
-                index.insert(new, id.0)?;
+                let mut index = txn.open_table(USER_NAMES).map_err(StoreError::from)?;
+                index.remove(old).map_err(StoreError::from)?;
+                index.insert(new, id.0).map_err(StoreError::from)?;
             }
         }
-        txn.commit()?;
+        txn.commit().map_err(StoreError::from)?;
         Ok(())
     }
 }
