@@ -191,6 +191,16 @@ fn altered_clear_size_is_an_integrity_error() {
 }
 
 #[test]
+fn altered_clear_timestamps_are_an_integrity_error() {
+    let (dirs, id, _) = stored_document();
+    tamper_document_record(&dirs.paths, id, |doc| doc.created.0 = 0);
+    assert_document_unopenable(&open_vault(&dirs.paths), id);
+    let (dirs, id, _) = stored_document();
+    tamper_document_record(&dirs.paths, id, |doc| doc.updated.0 += 86_400_000);
+    assert_document_unopenable(&open_vault(&dirs.paths), id);
+}
+
+#[test]
 fn altered_clear_chunk_size_is_an_integrity_error() {
     let (dirs, id, _) = stored_document();
     tamper_document_record(&dirs.paths, id, |doc| doc.chunk_size /= 2);

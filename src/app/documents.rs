@@ -142,6 +142,9 @@ fn meta_aad(id: DocumentId, doc: &StoredDocument) -> Vec<u8> {
     aad.extend_from_slice(&doc.size.to_be_bytes());
     aad.extend_from_slice(&doc.chunk_size.to_be_bytes());
     aad.extend_from_slice(&doc.nonce_prefix);
+    // Upload time is evidence for a signed contract: bind it too.
+    aad.extend_from_slice(&doc.created.0.to_be_bytes());
+    aad.extend_from_slice(&doc.updated.0.to_be_bytes());
     aad
 }
 
