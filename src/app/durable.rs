@@ -27,12 +27,28 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` (and parents) with owner-only permissions if missing.
+/// Creates `dir` (and parents) if missing, and makes it owner-only (0700) either way.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if !dir.exists() {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    Ok(())
+    fs::set_permissions(dir, Permissions::from_mode(0o700))
+}
+
+/// Like [`write_atomic`], but fails if `path` already exists (never replaces a file).
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".coffer-tmp-")
+        .permissions(Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    sync_dir(dir)
 }
 
 #[cfg(test)]

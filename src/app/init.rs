@@ -1,6 +1,6 @@
 //! `coffer init`: a new key file and an empty database.
 
-use super::{Paths, VaultError, durable, path_exists, write_key_file};
+use super::{Paths, VaultError, durable, path_exists};
 use crate::crypto::kdf::KdfParams;
 use crate::crypto::keyfile::{Kek, Keyring};
 use crate::secret::Passphrase;
@@ -66,7 +66,14 @@ pub fn init(paths: &Paths, passphrase: &Passphrase, params: KdfParams, options: 
     let (v, master) = keyring.current();
     store.set_key_check(v, master.check_value())?;
     drop(store);
-    if let Err(e) = write_key_file(paths, &keyring, &kek) {
+    let sealed = keyring.seal(&kek).map_err(VaultError::from);
+    let written = sealed.and_then(|bytes| {
+        durable::write_new(&key_file, &bytes, 0o600).map_err(|source| VaultError::Write {
+            path: key_file.display().to_string(),
+            source,
+        })
+    });
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&database);
         return Err(e.into());
     }

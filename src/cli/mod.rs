@@ -159,6 +159,8 @@ pub fn run(cli: Cli) -> ExitCode {
 /// stops same-user ptrace and /proc/PID/mem reads).
 fn harden_process() {
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    // Everything coffer creates is for its own user only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let no_core = setrlimit(
         Resource::Core,
         Rlimit {

@@ -9,6 +9,7 @@ mod users;
 
 use std::collections::BTreeMap;
 use std::ops::RangeFrom;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
@@ -141,7 +142,18 @@ impl Store {
         if path.exists() {
             return Err(StoreError::Conflict("a database at this path"));
         }
-        let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
+        // Created owner-only from the first byte: no window in which another user could open it.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+        let backend = redb::backends::FileBackend::new(file)?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(backend)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -156,9 +168,6 @@ impl Store {
             txn.open_table(DEVICE_THUMBPRINTS)?;
         }
         txn.commit()?;
-        // The file holds only ciphertext and clear ids, but nobody else needs to read it.
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
         Ok(Self { db: db.into() })
     }
 
