@@ -90,6 +90,13 @@ impl NewDocument {
         if self.tags.len() > MAX_TAGS || self.tags.iter().any(|t| t.is_empty() || t.len() > MAX_SHORT_FIELD) {
             return bad("at most 32 tags, each 1 to 255 bytes");
         }
+        // These end up in HTTP headers and terminals: no control characters (CR, LF, NUL, ESC...).
+        let fields = [&self.name, &self.content_type, &self.title]
+            .into_iter()
+            .chain(&self.tags);
+        if fields.into_iter().any(|f| f.chars().any(char::is_control)) {
+            return bad("document name, content type, title and tags must not contain control characters");
+        }
         Ok(())
     }
 }
@@ -397,14 +404,17 @@ impl DocumentWriter<'_> {
 
     /// Accepts the next bytes of content.
     pub fn write(&mut self, data: &[u8]) -> Result<(), VaultError> {
-        let enc = self
-            .encryptor
-            .as_mut()
-            .ok_or(VaultError::Invalid("upload already finished".into()))?;
-        self.plain.extend_from_slice(data);
-        self.pending.extend(enc.update(data)?);
-        if self.pending.len() >= STAGE_BATCH {
-            self.flush()?;
+        // Take large writes a chunk at a time so buffers stay bounded by one batch.
+        for piece in data.chunks(CHUNK_SIZE as usize) {
+            let enc = self
+                .encryptor
+                .as_mut()
+                .ok_or(VaultError::Invalid("upload already finished".into()))?;
+            self.plain.extend_from_slice(piece);
+            self.pending.extend(enc.update(piece)?);
+            if self.pending.len() >= STAGE_BATCH {
+                self.flush()?;
+            }
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ pub struct UserBody {
 impl std::fmt::Debug for UserBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserBody")
-            .field("name", &self.name)
+            .field("name", &"[redacted]")
             .field("role", &self.role)
             .field("password_hash", &"[redacted]")
             .field("disabled", &self.disabled)
@@ -40,7 +40,7 @@ impl std::fmt::Debug for UserBody {
 }
 
 /// A device's sealed fields.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceBody {
     /// Human-readable name ("Anna's iPhone").
     pub name: String,
@@ -48,6 +48,15 @@ pub struct DeviceBody {
     pub thumbprint: [u8; 32],
     /// Revoked devices are refused.
     pub revoked: bool,
+}
+
+impl std::fmt::Debug for DeviceBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names and thumbprints are kept off disk; keep them out of logs too.
+        f.debug_struct("DeviceBody")
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -193,8 +202,10 @@ impl Vault {
 
     /// Adds a user; the name must be new.
     pub fn add_user(&self, body: UserBody) -> Result<UserInfo, VaultError> {
-        if body.name.is_empty() || body.name.len() > 64 {
-            return Err(VaultError::Invalid("a user name must be 1 to 64 bytes".into()));
+        if body.name.is_empty() || body.name.len() > 64 || body.name.chars().any(char::is_control) {
+            return Err(VaultError::Invalid(
+                "a user name must be 1 to 64 bytes without control characters".into(),
+            ));
         }
         if self.user_by_name(&body.name)?.is_some() {
             return Err(crate::store::StoreError::Conflict("a user with this name").into());
