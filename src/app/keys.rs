@@ -215,6 +215,10 @@ impl Rotation<'_> {
             .filter(|v| next.version(*v).is_none())
             .collect();
         if !retired.is_empty() {
+            // Superseded records (with data keys wrapped under the versions about to be
+            // retired) linger in the file's free pages: rewrite the file without them
+            // before the key file forgets those versions.
+            self.vault.vacuum()?;
             write_key_file(&self.vault.paths, &next, &self.vault.kek)?;
             self.vault.keyring = next;
         }

@@ -179,6 +179,7 @@ pub struct Vault {
     keyring: Keyring,
     kek: Kek,
     store: Store,
+    options: StoreOptions,
     _lock: std::fs::File,
 }
 
@@ -233,6 +234,7 @@ impl Vault {
                 keyring,
                 kek,
                 store,
+                options,
                 _lock: lock,
             },
             report,
@@ -242,6 +244,12 @@ impl Vault {
     /// The underlying store (for space accounting, snapshots and tests).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Rewrites the database into a fresh file holding only live data, so deleted
+    /// documents and superseded wrapped keys no longer linger in free pages.
+    pub fn vacuum(&mut self) -> Result<crate::store::VacuumReport, VaultError> {
+        Ok(self.store.vacuum(&self.paths.database(), self.options)?)
     }
 
     /// The unlocked keyring.

@@ -1,5 +1,6 @@
 //! The command line. One file per subcommand; each talks to [`crate::app`].
 
+mod compact;
 mod init;
 mod key;
 
@@ -134,6 +135,9 @@ pub enum Command {
     /// Master key management: passphrase change, rotation, status.
     #[command(subcommand)]
     Key(key::KeyCmd),
+    /// Rewrite the database into a fresh file: reclaims space, and removes deleted
+    /// documents and superseded keys from free pages.
+    Compact,
 }
 
 /// Runs a parsed command line; prints a one-line error on failure.
@@ -142,6 +146,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Init(cmd) => cmd.run(&cli.global),
         Command::Key(cmd) => cmd.run(&cli.global),
+        Command::Compact => compact::run(&cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

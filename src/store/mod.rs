@@ -6,6 +6,7 @@ mod devices;
 mod documents;
 mod tables;
 mod users;
+mod vacuum;
 
 use std::collections::BTreeMap;
 use std::ops::RangeFrom;
@@ -18,6 +19,7 @@ pub use devices::{DeviceRecord, StoredDevice};
 pub use documents::{DocumentRecord, StoredDocument};
 pub use tables::SCHEMA_VERSION;
 pub use users::{StoredUser, UserRecord};
+pub use vacuum::VacuumReport;
 
 use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
 
@@ -47,6 +49,10 @@ pub enum StoreError {
     /// A record or the database structure is damaged.
     #[error("the database is damaged: {0} is unreadable (restore data/coffer.redb from a backup)")]
     Corrupt(&'static str),
+    /// The operation needs the only handle on the database, and reads or uploads are in
+    /// progress.
+    #[error("the database is busy (reads or uploads in progress); try again when they are done")]
+    Busy,
     /// A unique name or thumbprint is already taken.
     #[error("{0} already exists")]
     Conflict(&'static str),
@@ -229,6 +235,7 @@ impl Store {
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
             txn: self.db.begin_read()?,
+            _db: self.db.clone(),
         })
     }
 
@@ -313,6 +320,8 @@ pub struct Space {
 /// A read transaction: everything read through it is from one consistent point in time.
 pub struct Snapshot {
     txn: ReadTransaction,
+    /// Keeps the store counted as in use while a read goes on (see [`Store::vacuum`]).
+    _db: std::sync::Arc<Database>,
 }
 
 /// Deletes every chunk of `id` from an open CHUNKS table; returns how many.
