@@ -2,7 +2,7 @@
 
 use redb::TableDefinition;
 
-/// Schema version written into [`META`] under [`SCHEMA_KEY`]. Bump with a migration.
+/// Schema version stored in the `meta` table under `schema_version`. Bump with a migration.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Key of the schema version in [`META`].
 pub const SCHEMA_KEY: &str = "schema_version";

@@ -1,12 +1,12 @@
 //! Documents: streamed upload (staged, then published in one short durable commit),
 //! streamed and ranged download, listing with decrypted metadata, deletion.
 
+mod reader;
+mod writer;
+
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
-
-mod reader;
-mod writer;
 
 pub use reader::{DocumentReader, read_to_vec};
 pub use writer::DocumentWriter;
