@@ -47,9 +47,15 @@ impl Store {
                 return Err(e);
             }
         };
-        // Close the old file before the new one takes its name, so nothing writes to it.
+        // The copy is durable: give it the live name. If that fails, the old file is still
+        // the live one and this store keeps using it. No other handle exists (checked
+        // above), so nothing writes to the old file after the rename.
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            drop(fresh);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         drop(std::mem::replace(&mut self.db, fresh.into()));
-        std::fs::rename(&tmp, path).map_err(io)?;
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
