@@ -148,18 +148,7 @@ impl Store {
         if path.exists() {
             return Err(StoreError::Conflict("a database at this path"));
         }
-        // Created owner-only from the first byte: no window in which another user could open it.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
-        let backend = redb::backends::FileBackend::new(file)?;
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)?;
+        let db = create_private_database(path, options)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -322,6 +311,22 @@ pub struct Snapshot {
     txn: ReadTransaction,
     /// Keeps the store counted as in use while a read goes on (see [`Store::vacuum`]).
     _db: std::sync::Arc<Database>,
+}
+
+/// Creates a new redb file at `path`, owner-only from its first byte (no window in which
+/// another user could open it); fails if anything is already there.
+fn create_private_database(path: &Path, options: StoreOptions) -> Result<Database, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
+    let backend = redb::backends::FileBackend::new(file)?;
+    Ok(Database::builder()
+        .set_cache_size(options.cache_bytes)
+        .create_with_backend(backend)?)
 }
 
 /// Deletes every chunk of `id` from an open CHUNKS table; returns how many.

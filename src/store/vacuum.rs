@@ -3,13 +3,12 @@
 //! the file until the space is reused. A vacuum copies only the live entries into a new
 //! file and swaps it in atomically; afterwards nothing freed is left on disk.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
 use super::tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, STAGING, USER_NAMES, USERS};
-use super::{Store, StoreError, StoreOptions};
+use super::{Store, StoreError, StoreOptions, create_private_database};
 
 /// Entries copied per commit into the new file (chunks are ~64 KiB: ~16 MiB a commit).
 const COPY_BATCH: usize = 256;
@@ -67,17 +66,7 @@ impl Store {
     }
 
     fn copy_into(&self, tmp: &Path, options: StoreOptions) -> Result<Database, StoreError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(tmp)
-            .map_err(|e| StoreError::Db(redb::Error::Io(e)))?;
-        let backend = redb::backends::FileBackend::new(file)?;
-        let dst = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)?;
+        let dst = create_private_database(tmp, options)?;
         {
             let src = self.db.begin_read()?;
             copy_table(&src, &dst, META)?;
