@@ -88,3 +88,15 @@ fn vacuum_is_refused_while_another_handle_shares_the_store() {
     vault.vacuum().unwrap();
     assert_eq!(read_all(&vault, doc.id).unwrap(), pattern(3, 1000));
 }
+
+#[test]
+fn a_leftover_from_an_interrupted_vacuum_is_replaced() {
+    let (dirs, vault) = temp_vault();
+    let doc = store_document(&vault, "a.bin", &pattern(4, 100_000));
+    drop(vault);
+    let leftover = dirs.paths.data_dir.join("coffer.redb.vacuum");
+    std::fs::write(&leftover, b"half-written copy from a crash").unwrap();
+    run_coffer_ok(&dirs.paths, &["compact"]);
+    assert!(!leftover.exists());
+    assert_eq!(read_all(&open_vault(&dirs.paths), doc.id).unwrap(), pattern(4, 100_000));
+}
