@@ -71,3 +71,51 @@ fn a_damaged_record_does_not_block_the_rotation_of_the_others() {
     assert_eq!(status.versions.into_iter().collect::<Vec<_>>(), vec![(1, 1), (2, 1)]);
     assert_eq!(read_all(&vault, good.id).unwrap(), pattern(1, 5000));
 }
+
+#[test]
+fn a_key_file_whose_versions_this_database_never_saw_is_refused_and_left_untouched() {
+    // "prod" has rotated twice (only v3 in its key file); "staging" only knows v1.
+    let prod = init_dirs();
+    run_coffer_ok(&prod.paths, &["key", "rotate"]);
+    run_coffer_ok(&prod.paths, &["key", "rotate"]);
+    let staging = init_dirs();
+    let mixed = coffer::app::Paths {
+        data_dir: staging.paths.data_dir.clone(),
+        keys_dir: prod.paths.keys_dir.clone(),
+    };
+    let prod_key_file = file_bytes(&prod.key_file());
+    let out = run_coffer(&mixed, PASSPHRASE, &["key", "rotate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong to this database"));
+    assert_eq!(
+        file_bytes(&prod.key_file()),
+        prod_key_file,
+        "prod's key file was changed"
+    );
+}
+
+#[test]
+fn a_record_kept_on_an_old_version_by_damage_does_not_block_the_next_rotation() {
+    let (dirs, vault) = temp_vault();
+    let good = store_document(&vault, "good.bin", &pattern(1, 5000));
+    let bad = store_document(&vault, "bad.bin", &pattern(2, 5000));
+    drop(vault);
+    tamper_document_record(&dirs.paths, bad.id, |d| flip_bit(&mut d.wrapped_dek, 40, 1));
+    assert_eq!(
+        run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]).status.code(),
+        Some(1)
+    );
+    // The next rotation starts a new version instead of "resuming" forever.
+    let out = run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("master key version 3 is current"), "{stdout}");
+    assert!(!stdout.contains("resumed"), "{stdout}");
+    let vault = open_vault(&dirs.paths);
+    let versions: Vec<_> = vault.key_status().unwrap().versions.into_iter().collect();
+    assert_eq!(
+        versions,
+        vec![(1, 1), (3, 1)],
+        "v2 retired, v1 kept for the damaged record"
+    );
+    assert_eq!(read_all(&vault, good.id).unwrap(), pattern(1, 5000));
+}

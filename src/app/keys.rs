@@ -101,21 +101,23 @@ impl Vault {
     /// older version besides the current one). A new version is written to the key file
     /// before anything is wrapped under it.
     pub fn begin_rotation(&mut self) -> Result<Rotation<'_>, VaultError> {
-        let resumed = self.keyring.versions().count() > 1;
+        // A rotation is unfinished when the database records one towards the key file's
+        // current version (set before the key file changes, cleared when it completes).
+        let resumed = self.store.rotation_target()? == Some(self.keyring.current().0);
         if !resumed {
-            // The key file must hold the new version before anything is wrapped under it:
-            // commit the file first, then adopt the keyring.
             let used = self.store.key_usage()?.keys().next_back().copied().unwrap_or(0);
             let floor = used.max(self.store.highest_key_check()?);
             let mut next = self.keyring.clone();
-            let (v, master) = {
-                let v = next.add_version(floor)?;
-                (v, next.version(v).map(|m| m.check_value()))
-            };
+            let v = next.add_version(floor)?;
+            let check = next.version(v).map(|m| m.check_value()).ok_or(VaultError::Invalid(
+                "the new master key version is missing from the keyring".into(),
+            ))?;
+            // The database learns the new version's check value and the rotation target
+            // first, then the key file gets the version, and only then is anything wrapped
+            // under it. A crash in between leaves at most an unused check value.
+            self.store.set_key_check(v, check)?;
+            self.store.set_rotation_target(Some(v))?;
             write_key_file(&self.paths, &next, &self.kek)?;
-            if let Some(check) = master {
-                self.store.set_key_check(v, check)?;
-            }
             self.keyring = next;
         }
         let target = self.keyring.current().0;
@@ -214,6 +216,7 @@ impl Rotation<'_> {
             .versions()
             .filter(|v| next.version(*v).is_none())
             .collect();
+        self.vault.store.set_rotation_target(None)?;
         if !retired.is_empty() {
             // Superseded records (with data keys wrapped under the versions about to be
             // retired) linger in the file's free pages: rewrite the file without them

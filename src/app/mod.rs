@@ -222,9 +222,13 @@ impl Vault {
         let (store, report) = Store::open(&paths.database(), options)?;
         for v in keyring.versions() {
             let Some(master) = keyring.version(v) else { continue };
-            if let Some(stored) = store.key_check(v)?
-                && !bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &master.check_value()[..]))
-            {
+            // Every version the key file holds must be one this database recorded: a key
+            // file from another coffer, or with a version the database never saw, is refused
+            // before anything could be wrapped under (or retired from) it.
+            let matches = store.key_check(v)?.is_some_and(|stored| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], &master.check_value()[..]))
+            });
+            if !matches {
                 return Err(UnlockError::KeyMismatch(v));
             }
         }

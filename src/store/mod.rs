@@ -23,6 +23,9 @@ pub use vacuum::VacuumReport;
 
 use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
 
+/// META key of the version an unfinished rotation is moving to.
+const ROTATION_KEY: &str = "rotation_target";
+
 /// META keys of master key check values: `key_check:<version>`.
 const KEY_CHECK_PREFIX: &str = "key_check:";
 
@@ -265,6 +268,34 @@ impl Store {
             highest = highest.max(v.parse::<u32>().map_err(|_| StoreError::Corrupt("a key check value"))?);
         }
         Ok(highest)
+    }
+
+    /// The master key version an unfinished rotation is moving to, if any.
+    pub fn rotation_target(&self) -> Result<Option<u32>, StoreError> {
+        let snap = self.snapshot()?;
+        let meta = snap.txn.open_table(META)?;
+        let guard = meta.get(ROTATION_KEY)?;
+        guard
+            .map(|g| {
+                <[u8; 4]>::try_from(g.value())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("the rotation marker"))
+            })
+            .transpose()
+    }
+
+    /// Records (or, with `None`, clears) the version a rotation is moving to, durably.
+    pub fn set_rotation_target(&self, target: Option<u32>) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            match target {
+                Some(v) => meta.insert(ROTATION_KEY, v.to_be_bytes().as_slice())?,
+                None => meta.remove(ROTATION_KEY)?,
+            };
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Records master key version `v`'s check value, durably.
