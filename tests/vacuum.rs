@@ -90,13 +90,46 @@ fn vacuum_is_refused_while_another_handle_shares_the_store() {
 }
 
 #[test]
-fn a_leftover_from_an_interrupted_vacuum_is_replaced() {
+fn a_leftover_from_an_interrupted_vacuum_is_removed_when_the_database_opens() {
     let (dirs, vault) = temp_vault();
     let doc = store_document(&vault, "a.bin", &pattern(4, 100_000));
     drop(vault);
     let leftover = dirs.paths.data_dir.join("coffer.redb.vacuum");
     std::fs::write(&leftover, b"half-written copy from a crash").unwrap();
-    run_coffer_ok(&dirs.paths, &["compact"]);
+    let vault = open_vault(&dirs.paths);
     assert!(!leftover.exists());
-    assert_eq!(read_all(&open_vault(&dirs.paths), doc.id).unwrap(), pattern(4, 100_000));
+    assert_eq!(read_all(&vault, doc.id).unwrap(), pattern(4, 100_000));
+}
+
+#[test]
+fn vacuum_through_a_symlinked_database_replaces_the_real_file() {
+    let (dirs, vault) = temp_vault();
+    drop(vault);
+    // The database lives on another volume; data/coffer.redb is a link to it.
+    let volume = dirs.root.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let real = volume.join("coffer.redb");
+    std::fs::rename(dirs.database(), &real).unwrap();
+    std::os::unix::fs::symlink(&real, dirs.database()).unwrap();
+    let mut vault = open_vault(&dirs.paths);
+    let gone = store_document(&vault, "gone.bin", &pattern(5, 200_000));
+    let keep = store_document(&vault, "keep.bin", &pattern(6, 1000));
+    drop(vault);
+    let chunk = raw_chunk(&dirs.paths, gone.id, 1).unwrap();
+    vault = open_vault(&dirs.paths);
+    vault.delete(gone.id).unwrap();
+    vault.vacuum().unwrap();
+    drop(vault);
+    assert!(
+        std::fs::symlink_metadata(dirs.database())
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "link replaced"
+    );
+    assert!(
+        !contains_bytes(&file_bytes(&real), &chunk[..64]),
+        "old file with deleted data left behind"
+    );
+    assert_eq!(read_all(&open_vault(&dirs.paths), keep.id).unwrap(), pattern(6, 1000));
 }

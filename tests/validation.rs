@@ -55,3 +55,20 @@ fn one_large_write_round_trips() {
     let info = writer.finish().unwrap();
     assert_eq!(read_all(&vault, info.id).unwrap(), data);
 }
+
+#[test]
+fn device_names_are_checked_like_user_names() {
+    let (_dirs, vault) = temp_vault();
+    let owner = add_user(&vault, "dana");
+    for name in ["", "phone\r\nX: 1", &"x".repeat(256)] {
+        let body = coffer::app::principals::DeviceBody {
+            name: name.to_owned(),
+            thumbprint: thumbprint(9),
+            revoked: false,
+        };
+        let err = vault
+            .add_device(owner.id, body, coffer::model::Timestamp::now())
+            .unwrap_err();
+        assert!(matches!(err, VaultError::Invalid(_)), "{err:?}");
+    }
+}

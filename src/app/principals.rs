@@ -288,6 +288,11 @@ impl Vault {
 
     /// Registers a device for `owner` with its certificate thumbprint.
     pub fn add_device(&self, owner: UserId, body: DeviceBody, expires: Timestamp) -> Result<DeviceInfo, VaultError> {
+        if body.name.is_empty() || body.name.len() > 255 || body.name.chars().any(char::is_control) {
+            return Err(VaultError::Invalid(
+                "a device name must be 1 to 255 bytes without control characters".into(),
+            ));
+        }
         self.user(owner)?;
         if self.device_by_thumbprint(&body.thumbprint)?.is_some() {
             return Err(crate::store::StoreError::Conflict("a device with this certificate").into());

@@ -178,6 +178,14 @@ impl Store {
         let db = Database::builder().set_cache_size(options.cache_bytes).open(path)?;
         let store = Self { db: db.into() };
         store.check_schema()?;
+        // A copy left by an interrupted vacuum holds data deleted since: remove it. The
+        // database lock taken above proves no vacuum is running.
+        let leftover =
+            vacuum::leftover_path(&std::fs::canonicalize(path).map_err(|e| StoreError::Db(redb::Error::Io(e)))?);
+        match std::fs::remove_file(&leftover) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Db(redb::Error::Io(e))),
+            _ => {}
+        }
         let report = store.collect_staged()?;
         Ok((store, report))
     }

@@ -10,6 +10,13 @@ use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, Readabl
 use super::tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, STAGING, USER_NAMES, USERS};
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
+/// Where a vacuum builds its copy of the database at `path`.
+pub(super) fn leftover_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".vacuum");
+    PathBuf::from(name)
+}
+
 /// Entries copied per commit into the new file (chunks are ~64 KiB: ~16 MiB a commit).
 const COPY_BATCH: usize = 256;
 
@@ -32,8 +39,12 @@ impl Store {
         if std::sync::Arc::strong_count(&self.db) != 1 {
             return Err(StoreError::Busy);
         }
+        // Work beside the real file: if `path` is a symlink (say into an encrypted volume),
+        // the copy must replace the file it points to, not the link.
+        let real = std::fs::canonicalize(path).map_err(io)?;
+        let path = real.as_path();
         let bytes_before = std::fs::metadata(path).map_err(io)?.len();
-        let tmp = PathBuf::from(format!("{}.vacuum", path.display()));
+        let tmp = leftover_path(path);
         // A leftover from an interrupted vacuum is garbage: the live file was never replaced.
         match std::fs::remove_file(&tmp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
