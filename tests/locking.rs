@@ -6,6 +6,7 @@ mod common;
 use coffer::app::{UnlockError, Vault};
 use coffer::store::StoreOptions;
 use common::*;
+use redb::ReadableTable;
 
 #[test]
 fn a_second_open_of_the_same_coffer_is_refused_while_the_first_holds_it() {
@@ -118,4 +119,37 @@ fn a_record_kept_on_an_old_version_by_damage_does_not_block_the_next_rotation() 
         "v2 retired, v1 kept for the damaged record"
     );
     assert_eq!(read_all(&vault, good.id).unwrap(), pattern(1, 5000));
+}
+
+#[test]
+fn a_record_that_no_longer_decodes_is_reported_by_list_status_and_rotate() {
+    let (dirs, vault) = temp_vault();
+    let good = store_document(&vault, "good.bin", &pattern(1, 5000));
+    let bad = store_document(&vault, "bad.bin", &pattern(2, 5000));
+    drop(vault);
+    // Cut the record short: it no longer decodes at all.
+    raw_write(&dirs.paths, |txn| {
+        let mut t = txn.open_table(DOCUMENTS).unwrap();
+        let bytes = t.get(bad.id.0).unwrap().unwrap().value().to_vec();
+        t.insert(bad.id.0, &bytes[..bytes.len() - 1]).unwrap();
+    });
+    let vault = open_vault(&dirs.paths);
+    let listing = vault.list(coffer::app::documents::ListFilter::default()).unwrap();
+    assert_eq!(listing.damaged, vec![bad.id]);
+    assert_eq!(listing.documents.len(), 1);
+    assert_eq!(vault.key_status().unwrap().undecodable, 1);
+    drop(vault);
+    let out = run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("document {} (record unreadable)", bad.id)),
+        "{stderr}"
+    );
+    let vault = open_vault(&dirs.paths);
+    assert_eq!(read_all(&vault, good.id).unwrap(), pattern(1, 5000));
+    assert_eq!(
+        vault.key_status().unwrap().versions.into_iter().collect::<Vec<_>>(),
+        vec![(2, 1)]
+    );
 }

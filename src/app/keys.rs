@@ -22,6 +22,8 @@ pub struct KeyStatus {
     pub versions: BTreeMap<u32, u64>,
     /// Versions objects refer to that the key file does not hold (damage).
     pub missing: BTreeMap<u32, u64>,
+    /// Records that no longer decode (damage); their version is unknown.
+    pub undecodable: u64,
     /// argon2id parameters of the key file.
     pub kdf: KdfParams,
 }
@@ -81,7 +83,7 @@ impl Vault {
         let usage = self.store.key_usage()?;
         let mut versions: BTreeMap<u32, u64> = self.keyring.versions().map(|v| (v, 0)).collect();
         let mut missing = BTreeMap::new();
-        for (v, n) in usage {
+        for (v, n) in usage.versions {
             match versions.get_mut(&v) {
                 Some(count) => *count = n,
                 None => {
@@ -93,6 +95,7 @@ impl Vault {
             current: self.keyring.current().0,
             versions,
             missing,
+            undecodable: usage.undecodable,
             kdf: self.kek.params(),
         })
     }
@@ -105,7 +108,14 @@ impl Vault {
         // current version (set before the key file changes, cleared when it completes).
         let resumed = self.store.rotation_target()? == Some(self.keyring.current().0);
         if !resumed {
-            let used = self.store.key_usage()?.keys().next_back().copied().unwrap_or(0);
+            let used = self
+                .store
+                .key_usage()?
+                .versions
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
             let floor = used.max(self.store.highest_key_check()?);
             let mut next = self.keyring.clone();
             let v = next.add_version(floor)?;
@@ -193,6 +203,18 @@ impl Rotation<'_> {
             })?,
         };
         self.rewrapped += batch.rewrapped as u64;
+        let noun = match family {
+            Family::Documents => Purpose::Document,
+            Family::Users => Purpose::User,
+            Family::Devices => Purpose::Device,
+        }
+        .noun();
+        self.damaged.extend(
+            batch
+                .undecodable
+                .iter()
+                .map(|id| format!("{noun} {id:032x} (record unreadable)")),
+        );
         match batch.next {
             Some(next) => self.cursor = Some(next),
             None => {
@@ -209,7 +231,7 @@ impl Rotation<'_> {
         while self.step(REWRAP_BATCH)? {}
         let usage = self.vault.store.key_usage()?;
         let mut next = self.vault.keyring.clone();
-        next.retain(|v| usage.get(&v).is_some_and(|n| *n > 0));
+        next.retain(|v| usage.versions.get(&v).is_some_and(|n| *n > 0));
         let retired: Vec<u32> = self
             .vault
             .keyring

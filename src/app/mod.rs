@@ -94,6 +94,9 @@ pub enum UnlockError {
 /// file or the database holds it, so no command works from a stale keyring.
 pub const LOCK_FILE: &str = "coffer.lock";
 
+/// How long a busy lock is retried before the other process is reported.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Takes the keys directory's lock (exclusive, non-blocking) for as long as the returned
 /// file lives.
 pub fn lock_keys(paths: &Paths) -> Result<std::fs::File, UnlockError> {
@@ -112,10 +115,20 @@ pub fn lock_keys(paths: &Paths) -> Result<std::fs::File, UnlockError> {
             path: shown.clone(),
             source,
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(UnlockError::Busy(paths.keys_dir.display().to_string())),
-        Err(std::fs::TryLockError::Error(source)) => Err(UnlockError::Lock { path: shown, source }),
+    // A lock held for a moment only is waited out: between fork and exec, a child process
+    // of any thread briefly holds copies of every descriptor, this lock's included.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(UnlockError::Busy(paths.keys_dir.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(UnlockError::Lock { path: shown, source }),
+        }
     }
 }
 

@@ -91,6 +91,12 @@ impl KeyCmd {
                 for (v, n) in &s.missing {
                     println!("{v:>7}  {n:>7}  MISSING from the key file: these objects cannot be read");
                 }
+                if s.undecodable > 0 {
+                    println!(
+                        "{} record(s) are unreadable (damaged): restore the database from a backup",
+                        s.undecodable
+                    );
+                }
                 if s.versions.len() > 1 {
                     println!("a rotation is unfinished: run `coffer key rotate` to complete it");
                 }

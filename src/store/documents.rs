@@ -173,12 +173,14 @@ impl Snapshot {
     }
 
     /// Every document record, in id order.
-    pub fn documents(&self) -> Result<Vec<(DocumentId, StoredDocument)>, StoreError> {
+    /// A record that no longer decodes comes back as `None`, so one damaged record does
+    /// not hide the others.
+    pub fn documents(&self) -> Result<Vec<(DocumentId, Option<StoredDocument>)>, StoreError> {
         let t = self.txn.open_table(DOCUMENTS)?;
         let mut out = Vec::new();
         for entry in t.iter()? {
             let (k, v) = entry?;
-            out.push((DocumentId(k.value()), StoredDocument::decode(v.value())?));
+            out.push((DocumentId(k.value()), StoredDocument::decode(v.value()).ok()));
         }
         Ok(out)
     }

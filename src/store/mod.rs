@@ -316,9 +316,10 @@ impl Store {
     }
 
     /// How many stored objects each master key version wraps.
-    pub fn key_usage(&self) -> Result<BTreeMap<u32, u64>, StoreError> {
+    /// Records that no longer decode are counted apart instead of failing the count.
+    pub fn key_usage(&self) -> Result<KeyUsage, StoreError> {
         let snap = self.snapshot()?;
-        let mut usage = BTreeMap::new();
+        let mut usage = KeyUsage::default();
         count_versions::<StoredDocument>(&snap.txn, DOCUMENTS, &mut usage)?;
         count_versions::<StoredUser>(&snap.txn, USERS, &mut usage)?;
         count_versions::<StoredDevice>(&snap.txn, DEVICES, &mut usage)?;
@@ -390,15 +391,27 @@ pub trait WrappedRecord: Sized {
     fn key_version(&self) -> u32;
 }
 
+/// How many records each master key version wraps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Records per version.
+    pub versions: BTreeMap<u32, u64>,
+    /// Records that no longer decode (damaged); their version is unknown.
+    pub undecodable: u64,
+}
+
 fn count_versions<R: WrappedRecord>(
     txn: &ReadTransaction,
     table: TableDefinition<u128, &[u8]>,
-    usage: &mut BTreeMap<u32, u64>,
+    usage: &mut KeyUsage,
 ) -> Result<(), StoreError> {
     let t = txn.open_table(table)?;
     for entry in t.iter()? {
         let (_, v) = entry?;
-        *usage.entry(R::decode(v.value())?.key_version()).or_default() += 1;
+        match R::decode(v.value()) {
+            Ok(r) => *usage.versions.entry(r.key_version()).or_default() += 1,
+            Err(_) => usage.undecodable += 1,
+        }
     }
     Ok(())
 }
@@ -421,12 +434,14 @@ pub struct Rewrapped<R> {
 }
 
 /// Progress of one rewrap batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RewrapBatch {
     /// Records rewrapped in this batch.
     pub rewrapped: usize,
     /// Where the next batch starts; `None` once the table is done.
     pub next: Option<u128>,
+    /// Ids of records that no longer decode (damaged), left untouched.
+    pub undecodable: Vec<u128>,
 }
 
 /// The record families that hold wrapped data keys, in rotation order.
@@ -461,6 +476,7 @@ impl Store {
         let txn = self.write(Durability::Immediate)?;
         let mut done = 0usize;
         let mut next = None;
+        let mut undecodable = Vec::new();
         {
             let mut t = txn.open_table(table).map_err(StoreError::from)?;
             let mut todo = Vec::new();
@@ -470,9 +486,10 @@ impl Store {
                     next = Some(k.value());
                     break;
                 }
-                let rec = R::decode(v.value())?;
-                if rec.key_version() != target {
-                    todo.push((k.value(), rec));
+                match R::decode(v.value()) {
+                    Ok(rec) if rec.key_version() != target => todo.push((k.value(), rec)),
+                    Ok(_) => {}
+                    Err(_) => undecodable.push(k.value()),
                 }
             }
             let mut idx = match index {
@@ -492,6 +509,10 @@ impl Store {
             }
         }
         txn.commit().map_err(StoreError::from)?;
-        Ok(RewrapBatch { rewrapped: done, next })
+        Ok(RewrapBatch {
+            rewrapped: done,
+            next,
+            undecodable,
+        })
     }
 }

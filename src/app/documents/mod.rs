@@ -291,6 +291,10 @@ impl Vault {
     pub fn list(&self, filter: ListFilter) -> Result<Listing, VaultError> {
         let mut listing = Listing::default();
         for (id, doc) in self.store.snapshot()?.documents()? {
+            let Some(doc) = doc else {
+                listing.damaged.push(id);
+                continue;
+            };
             if filter.owner.is_some_and(|o| o != doc.owner) {
                 continue;
             }
