@@ -106,7 +106,8 @@ impl Vault {
     pub fn begin_rotation(&mut self) -> Result<Rotation<'_>, VaultError> {
         // A rotation is unfinished when the database records one towards the key file's
         // current version (set before the key file changes, cleared when it completes).
-        let resumed = self.store.rotation_target()? == Some(self.keyring.current().0);
+        let resumed =
+            self.store.rotation_target()? == Some(self.keyring.current().0) && self.keyring.versions().count() > 1;
         if !resumed {
             let used = self
                 .store
@@ -231,14 +232,17 @@ impl Rotation<'_> {
         while self.step(REWRAP_BATCH)? {}
         let usage = self.vault.store.key_usage()?;
         let mut next = self.vault.keyring.clone();
-        next.retain(|v| usage.versions.get(&v).is_some_and(|n| *n > 0));
+        // A record that no longer decodes has an unknown version: it might need any of
+        // them once restored, so nothing is retired while one exists.
+        if usage.undecodable == 0 {
+            next.retain(|v| usage.versions.get(&v).is_some_and(|n| *n > 0));
+        }
         let retired: Vec<u32> = self
             .vault
             .keyring
             .versions()
             .filter(|v| next.version(*v).is_none())
             .collect();
-        self.vault.store.set_rotation_target(None)?;
         if !retired.is_empty() {
             // Superseded records (with data keys wrapped under the versions about to be
             // retired) linger in the file's free pages: rewrite the file without them
@@ -246,7 +250,10 @@ impl Rotation<'_> {
             self.vault.vacuum()?;
             write_key_file(&self.vault.paths, &next, &self.vault.kek)?;
             self.vault.keyring = next;
+            // Only now: an old copy of the key file holding these versions is refused.
+            self.vault.store.mark_retired(&retired)?;
         }
+        self.vault.store.set_rotation_target(None)?;
         Ok(RotateReport {
             current: self.target,
             resumed: self.resumed,

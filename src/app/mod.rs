@@ -85,6 +85,12 @@ pub enum UnlockError {
          check --keys-dir and --data-dir"
     )]
     KeyMismatch(u32),
+    /// The key file is an old copy: it holds a version a rotation has retired.
+    #[error(
+        "the key file holds master key version {0}, which a rotation retired: it is an old copy; \
+         use the current master.key"
+    )]
+    RetiredKey(u32),
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -243,6 +249,9 @@ impl Vault {
             });
             if !matches {
                 return Err(UnlockError::KeyMismatch(v));
+            }
+            if store.is_retired(v)? {
+                return Err(UnlockError::RetiredKey(v));
             }
         }
         Ok((

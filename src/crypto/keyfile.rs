@@ -142,6 +142,10 @@ impl Keyring {
     /// The number is above every version held and above `floor` (the highest version the
     /// database has ever seen), so a number is never reused for a different key.
     pub fn add_version(&mut self, floor: u32) -> Result<u32, SealError> {
+        // A keyring the file format could not read back is never sealed.
+        if self.versions.len() >= MAX_VERSIONS {
+            return Err(SealError::TooLong);
+        }
         let next = self
             .versions
             .keys()

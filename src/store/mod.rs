@@ -23,6 +23,9 @@ pub use vacuum::VacuumReport;
 
 use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
 
+/// META keys marking retired master key versions: `key_retired:<version>`.
+const RETIRED_PREFIX: &str = "key_retired:";
+
 /// META key of the version an unfinished rotation is moving to.
 const ROTATION_KEY: &str = "rotation_target";
 
@@ -304,6 +307,27 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Records that master key versions were retired, durably: a key file still holding
+    /// one of them is an old copy.
+    pub fn mark_retired(&self, versions: &[u32]) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            for v in versions {
+                meta.insert(format!("{RETIRED_PREFIX}{v:010}").as_str(), [].as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Whether master key version `v` was retired.
+    pub fn is_retired(&self, v: u32) -> Result<bool, StoreError> {
+        let snap = self.snapshot()?;
+        let meta = snap.txn.open_table(META)?;
+        Ok(meta.get(format!("{RETIRED_PREFIX}{v:010}").as_str())?.is_some())
     }
 
     /// Records master key version `v`'s check value, durably.
