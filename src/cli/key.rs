@@ -98,7 +98,10 @@ impl KeyCmd {
                     );
                 }
                 if s.versions.len() > 1 {
-                    println!("a rotation is unfinished: run `coffer key rotate` to complete it");
+                    println!(
+                        "older versions are still held: `coffer key rotate` completes an unfinished rotation; \
+                         versions kept for damaged objects stay until those are restored or deleted"
+                    );
                 }
             }
         }
