@@ -24,6 +24,8 @@ pub struct KeyStatus {
     pub missing: BTreeMap<u32, u64>,
     /// Records that no longer decode (damage); their version is unknown.
     pub undecodable: u64,
+    /// A rotation was interrupted; `coffer key rotate` completes it.
+    pub rotation_unfinished: bool,
     /// argon2id parameters of the key file.
     pub kdf: KdfParams,
 }
@@ -96,6 +98,8 @@ impl Vault {
             versions,
             missing,
             undecodable: usage.undecodable,
+            rotation_unfinished: self.store.rotation_target()? == Some(self.keyring.current().0)
+                && self.keyring.versions().count() > 1,
             kdf: self.kek.params(),
         })
     }

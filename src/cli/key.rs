@@ -97,11 +97,10 @@ impl KeyCmd {
                         s.undecodable
                     );
                 }
-                if s.versions.len() > 1 {
-                    println!(
-                        "older versions are still held: `coffer key rotate` completes an unfinished rotation; \
-                         versions kept for damaged objects stay until those are restored or deleted"
-                    );
+                if s.rotation_unfinished {
+                    println!("a rotation is unfinished: run `coffer key rotate` to complete it");
+                } else if s.versions.len() > 1 {
+                    println!("older versions are kept for damaged objects until those are restored or deleted");
                 }
             }
         }
