@@ -6,11 +6,11 @@ pub mod durable;
 pub mod init;
 pub mod keys;
 pub mod principals;
+mod sealing;
 pub mod unlock;
 
 use std::path::{Path, PathBuf};
 
-use crate::crypto::IntegrityError;
 use crate::crypto::SealError;
 use crate::crypto::keyfile::{Kek, KeyFileError, Keyring, SealFileError};
 use crate::secret::Passphrase;
@@ -185,13 +185,6 @@ pub enum VaultError {
     },
 }
 
-impl VaultError {
-    fn integrity(what: &'static str, id: impl std::fmt::Display) -> impl FnOnce(IntegrityError) -> Self {
-        let id = id.to_string();
-        move |_| Self::Integrity { what, id }
-    }
-}
-
 /// An unlocked coffer.
 pub struct Vault {
     paths: Paths,
@@ -286,21 +279,6 @@ impl Vault {
     /// Where the files are.
     pub fn paths(&self) -> &Paths {
         &self.paths
-    }
-
-    fn master(
-        &self,
-        what: &'static str,
-        id: impl std::fmt::Display,
-        version: u32,
-    ) -> Result<&crate::crypto::keyfile::MasterKey, VaultError> {
-        self.keyring
-            .version(version)
-            .ok_or_else(|| VaultError::MissingKeyVersion {
-                what,
-                id: id.to_string(),
-                version,
-            })
     }
 }
 

@@ -5,14 +5,12 @@
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use zeroize::Zeroizing;
 
+use super::sealing::{open_record, seal_record};
 use super::{Vault, VaultError};
-use crate::crypto::envelope::{self, WrappedKey};
 use crate::crypto::keyfile::MasterKey;
 use crate::crypto::labels::{AAD_META, Purpose};
 use crate::model::{DeviceId, Role, Timestamp, UserId};
-use crate::secret::SecretKey;
 use crate::store::{Reindex, StoredDevice, StoredUser};
 
 /// A user's sealed fields.
@@ -137,14 +135,12 @@ impl Vault {
         bound: &[u8],
         body: &T,
     ) -> Result<Sealed, VaultError> {
-        let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
-        let (version, master) = self.keyring.current();
-        let wrapped = envelope::wrap(master.wrap_key(), version, purpose, id, &dek)?;
-        let plain = Zeroizing::new(
-            postcard::to_stdvec(body).map_err(|_| VaultError::Invalid("record does not encode".into()))?,
-        );
-        let sealed = envelope::seal(&dek, &body_aad(purpose, id, bound), &plain)?;
-        Ok((version, wrapped.0.to_vec(), sealed))
+        let (dek, version, wrapped) = self.new_dek(purpose, id)?;
+        Ok((
+            version,
+            wrapped,
+            seal_record(&dek, &body_aad(purpose, id, bound), body)?,
+        ))
     }
 
     fn open_body<T: serde::de::DeserializeOwned>(
@@ -156,20 +152,8 @@ impl Vault {
         wrapped_dek: &[u8],
         sealed: &[u8],
     ) -> Result<T, VaultError> {
-        let what = purpose.noun();
-        let shown = format!("{id:032x}");
-        let master = self.master(what, &shown, key_version)?;
-        let bad = || VaultError::Integrity {
-            what,
-            id: shown.clone(),
-        };
-        let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
-        let dek = envelope::unwrap(master.wrap_key(), key_version, purpose, id, &wrapped).map_err(|_| bad())?;
-        let plain = envelope::open(&dek, &body_aad(purpose, id, bound), sealed).map_err(|_| bad())?;
-        match postcard::take_from_bytes::<T>(&plain) {
-            Ok((v, [])) => Ok(v),
-            _ => Err(bad()),
-        }
+        let dek = self.unwrap_dek(purpose, id, key_version, wrapped_dek)?;
+        open_record(&dek, &body_aad(purpose, id, bound), sealed, purpose, id)
     }
 
     fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
@@ -441,27 +425,5 @@ impl Vault {
             },
             reindex,
         })
-    }
-
-    /// Unwraps a data key under version `from` and wraps it under `target`.
-    pub(crate) fn rewrap_key(
-        &self,
-        purpose: Purpose,
-        id: u128,
-        from: u32,
-        wrapped_dek: &[u8],
-        target: u32,
-    ) -> Result<Vec<u8>, VaultError> {
-        let what = purpose.noun();
-        let shown = format!("{id:032x}");
-        let old = self.master(what, &shown, from)?;
-        let new = self.master(what, &shown, target)?;
-        let bad = || VaultError::Integrity {
-            what,
-            id: shown.clone(),
-        };
-        let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| bad())?);
-        let dek = envelope::unwrap(old.wrap_key(), from, purpose, id, &wrapped).map_err(|_| bad())?;
-        Ok(envelope::wrap(new.wrap_key(), target, purpose, id, &dek)?.0.to_vec())
     }
 }

@@ -12,8 +12,9 @@ pub use reader::{DocumentReader, read_to_vec};
 pub use writer::DocumentWriter;
 use writer::{STAGE_BATCH, STAGE_PLAIN_CAPACITY, Stager};
 
+use super::sealing::open_record;
 use super::{Vault, VaultError};
-use crate::crypto::envelope::{self, WrappedKey};
+use crate::crypto::envelope;
 use crate::crypto::labels::{AAD_META, Purpose};
 use crate::crypto::random_bytes;
 use crate::crypto::stream::{CHUNK_SIZE, ChunkCipher, Layout, NONCE_PREFIX_LEN, StreamEncryptor};
@@ -162,9 +163,7 @@ impl Vault {
     pub fn upload(&self, new: NewDocument) -> Result<DocumentWriter<'_>, VaultError> {
         new.validate()?;
         let id = DocumentId::random().map_err(crate::crypto::SealError::from)?;
-        let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
-        let (version, master) = self.keyring.current();
-        let wrapped = envelope::wrap(master.wrap_key(), version, Purpose::Document, id.0, &dek)?;
+        let (dek, version, wrapped) = self.new_dek(Purpose::Document, id.0)?;
         let prefix: [u8; NONCE_PREFIX_LEN] = random_bytes()?;
         let encryptor = StreamEncryptor::new(ChunkCipher::new(&dek, id.0, prefix), CHUNK_SIZE);
         self.store.begin_upload(id)?;
@@ -184,29 +183,8 @@ impl Vault {
     }
 
     fn open_document(&self, id: DocumentId, doc: &StoredDocument) -> Result<(SecretKey, DocumentMeta), VaultError> {
-        let master = self.master("document", id, doc.key_version)?;
-        let wrapped = WrappedKey(
-            doc.wrapped_dek
-                .as_slice()
-                .try_into()
-                .map_err(|_| VaultError::Integrity {
-                    what: "document",
-                    id: id.to_string(),
-                })?,
-        );
-        let dek = envelope::unwrap(master.wrap_key(), doc.key_version, Purpose::Document, id.0, &wrapped)
-            .map_err(VaultError::integrity("document", id))?;
-        let plain = envelope::open(&dek, &meta_aad(id, doc), &doc.sealed_meta)
-            .map_err(VaultError::integrity("document", id))?;
-        let meta = match postcard::take_from_bytes::<MetaRecord>(&plain) {
-            Ok((MetaRecord::V1(meta), [])) => meta,
-            _ => {
-                return Err(VaultError::Integrity {
-                    what: "document",
-                    id: id.to_string(),
-                });
-            }
-        };
+        let dek = self.unwrap_dek(Purpose::Document, id.0, doc.key_version, &doc.wrapped_dek)?;
+        let MetaRecord::V1(meta) = open_record(&dek, &meta_aad(id, doc), &doc.sealed_meta, Purpose::Document, id.0)?;
         Ok((dek, meta))
     }
 

@@ -2,11 +2,10 @@
 //! publish in one short durable commit.
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::{DocumentInfo, DocumentMeta, MetaRecord, NewDocument, meta_aad};
+use crate::app::sealing::seal_record;
 use crate::app::{Vault, VaultError};
-use crate::crypto::envelope::{self, WrappedKey};
 use crate::crypto::stream::{CHUNK_SIZE, NONCE_PREFIX_LEN, SealedChunk, StreamEncryptor};
 use crate::model::{DocumentId, Timestamp};
 use crate::secret::SecretKey;
@@ -29,7 +28,7 @@ pub struct DocumentWriter<'v> {
     pub(super) new: NewDocument,
     pub(super) dek: SecretKey,
     pub(super) key_version: u32,
-    pub(super) wrapped: WrappedKey,
+    pub(super) wrapped: Vec<u8>,
     pub(super) prefix: [u8; NONCE_PREFIX_LEN],
     pub(super) encryptor: Option<StreamEncryptor>,
     pub(super) plain: Vec<u8>,
@@ -168,15 +167,11 @@ impl DocumentWriter<'_> {
             created: now,
             updated: now,
             key_version: self.key_version,
-            wrapped_dek: self.wrapped.0.to_vec(),
+            wrapped_dek: std::mem::take(&mut self.wrapped),
             nonce_prefix: self.prefix,
             sealed_meta: Vec::new(),
         };
-        let plain = Zeroizing::new(
-            postcard::to_stdvec(&MetaRecord::V1(meta.clone()))
-                .map_err(|_| VaultError::Invalid("metadata does not encode".into()))?,
-        );
-        doc.sealed_meta = envelope::seal(&self.dek, &meta_aad(self.id, &doc), &plain)?;
+        doc.sealed_meta = seal_record(&self.dek, &meta_aad(self.id, &doc), &MetaRecord::V1(meta.clone()))?;
         self.vault.store.publish_document(self.id, &doc)?;
         let info = DocumentInfo {
             id: self.id,
