@@ -7,7 +7,10 @@
 
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod crypto;
+pub mod http;
 pub mod model;
+pub mod pki;
 pub mod secret;
 pub mod store;

@@ -8,7 +8,7 @@ use crate::crypto::kdf::KdfParams;
 use crate::crypto::keyfile::Kek;
 use crate::crypto::labels::Purpose;
 use crate::secret::Passphrase;
-use crate::store::{Family, Rewrapped, StoredDocument};
+use crate::store::{Family, Rewrapped, StoredDocument, StoredSecret};
 
 /// Records rewrapped per durable commit.
 pub const REWRAP_BATCH: usize = 256;
@@ -46,7 +46,7 @@ pub struct RotateReport {
     pub damaged: Vec<String>,
 }
 
-const FAMILIES: [Family; 3] = [Family::Documents, Family::Users, Family::Devices];
+const FAMILIES: [Family; 4] = [Family::Documents, Family::Users, Family::Devices, Family::Secrets];
 
 /// A rotation under way. Each [`step`](Self::step) commits durably, so stopping between
 /// (or during) steps is safe: running `coffer key rotate` again resumes it.
@@ -206,12 +206,26 @@ impl Rotation<'_> {
             Family::Devices => store.rewrap_batch(family, cursor.., target, limit, |id, d| {
                 tolerate_damage(damaged, Purpose::Device, id, vault.rewrap_device(id, d, target))
             })?,
+            Family::Secrets => store.rewrap_batch(family, cursor.., target, limit, |id, s: StoredSecret| {
+                let rewrapped = vault
+                    .rewrap_key(Purpose::Secret, id, s.key_version, &s.wrapped_dek, target)
+                    .map(|wrapped_dek| Rewrapped {
+                        record: StoredSecret {
+                            key_version: target,
+                            wrapped_dek,
+                            ..s
+                        },
+                        reindex: None,
+                    });
+                tolerate_damage(damaged, Purpose::Secret, id, rewrapped)
+            })?,
         };
         self.rewrapped += batch.rewrapped as u64;
         let noun = match family {
             Family::Documents => Purpose::Document,
             Family::Users => Purpose::User,
             Family::Devices => Purpose::Device,
+            Family::Secrets => Purpose::Secret,
         }
         .noun();
         self.damaged.extend(

@@ -5,6 +5,7 @@ pub mod documents;
 pub mod durable;
 pub mod init;
 pub mod keys;
+pub mod pki;
 pub mod principals;
 mod sealing;
 pub mod unlock;
@@ -163,6 +164,9 @@ pub enum VaultError {
         /// The version.
         version: u32,
     },
+    /// The caller may see the object but not do this to it.
+    #[error("{0}")]
+    NotPermitted(&'static str),
     /// The request is invalid (bad range, field too long, ...).
     #[error("{0}")]
     Invalid(String),

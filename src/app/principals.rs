@@ -270,8 +270,20 @@ impl Vault {
         updated.ok_or(VaultError::NotFound("user"))
     }
 
-    /// Registers a device for `owner` with its certificate thumbprint.
+    /// Registers a device for `owner` with its certificate thumbprint, under a new id.
     pub fn add_device(&self, owner: UserId, body: DeviceBody, expires: Timestamp) -> Result<DeviceInfo, VaultError> {
+        let id = DeviceId::random().map_err(crate::crypto::SealError::from)?;
+        self.register_device(id, owner, body, expires)
+    }
+
+    /// Registers a device under `id` (the id its certificate names).
+    pub fn register_device(
+        &self,
+        id: DeviceId,
+        owner: UserId,
+        body: DeviceBody,
+        expires: Timestamp,
+    ) -> Result<DeviceInfo, VaultError> {
         if body.name.is_empty() || body.name.len() > 255 || body.name.chars().any(char::is_control) {
             return Err(VaultError::Invalid(
                 "a device name must be 1 to 255 bytes without control characters".into(),
@@ -281,7 +293,6 @@ impl Vault {
         if self.device_by_thumbprint(&body.thumbprint)?.is_some() {
             return Err(crate::store::StoreError::Conflict("a device with this certificate").into());
         }
-        let id = DeviceId::random().map_err(crate::crypto::SealError::from)?;
         let (key_version, wrapped_dek, sealed) = self.seal_body(
             Purpose::Device,
             id.0,

@@ -92,6 +92,47 @@ impl KdfParams {
     }
 }
 
+/// A password hash could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct PasswordHashError(String);
+
+impl KdfParams {
+    /// An argon2id PHC string of `password` with a fresh random salt and these parameters.
+    pub fn hash_password(self, password: &Passphrase) -> Result<String, PasswordHashError> {
+        use argon2::PasswordHasher;
+        let params = self.validate().map_err(|e| PasswordHashError(e.to_string()))?;
+        let argon_params = Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
+            .map_err(|e| PasswordHashError(e.to_string()))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
+        let salt: [u8; 16] = super::random_bytes().map_err(|e| PasswordHashError(e.to_string()))?;
+        let hash = argon
+            .hash_password_with_salt(password.expose(), &salt)
+            .map_err(|e| PasswordHashError(e.to_string()))?;
+        Ok(hash.to_string())
+    }
+}
+
+/// True when `password` matches the PHC string `hash` (checked with the parameters inside
+/// the string; the comparison is constant-time). A malformed hash never matches.
+pub fn verify_password(hash: &str, password: &Passphrase) -> bool {
+    use argon2::{PasswordHash, PasswordVerifier};
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    // Parameters come from the stored string, which coffer wrote; still refuse absurd ones.
+    let sane = Params::try_from(&parsed).is_ok_and(|p| {
+        KdfParams {
+            m_cost_kib: p.m_cost(),
+            t_cost: p.t_cost(),
+            p_cost: p.p_cost(),
+        }
+        .validate()
+        .is_ok()
+    });
+    sane && Argon2::default().verify_password(password.expose(), &parsed).is_ok()
+}
+
 impl Default for KdfParams {
     fn default() -> Self {
         Self::DEFAULT
@@ -118,6 +159,16 @@ mod tests {
         let k3 = KdfParams::for_tests().derive(&p, &[2; 32]).unwrap();
         assert_eq!(k1.expose(), k2.expose());
         assert_ne!(k1.expose(), k3.expose());
+    }
+
+    #[test]
+    fn password_hashes_verify() {
+        let p = Passphrase::new("hunter2-but-longer".into());
+        let h = KdfParams::for_tests().hash_password(&p).unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, &p));
+        assert!(!verify_password(&h, &Passphrase::new("wrong".into())));
+        assert!(!verify_password("not a hash", &p));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Purpose {
     Device,
     /// A cached ERP record.
     ErpRecord,
+    /// A service secret (CA or server private key).
+    Secret,
 }
 
 impl Purpose {
@@ -46,6 +48,7 @@ impl Purpose {
             Self::User => "user",
             Self::Device => "device",
             Self::ErpRecord => "ERP record",
+            Self::Secret => "service secret",
         }
     }
 
@@ -56,6 +59,7 @@ impl Purpose {
             Self::User => b"user",
             Self::Device => b"device",
             Self::ErpRecord => b"erp-record",
+            Self::Secret => b"secret",
         }
     }
 }

@@ -17,6 +17,30 @@ pub enum Role {
     Integration,
 }
 
+impl Role {
+    /// The wire and command-line name (`admin`, `member`, `integration`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::Integration => "integration",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "member" => Ok(Self::Member),
+            "integration" => Ok(Self::Integration),
+            _ => Err(format!("unknown role {s:?}: use admin, member or integration")),
+        }
+    }
+}
+
 /// Who may see a document besides its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Visibility {
@@ -32,6 +56,18 @@ impl Visibility {
         match self {
             Self::Private => "private",
             Self::Team => "team",
+        }
+    }
+}
+
+impl std::str::FromStr for Visibility {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "private" => Ok(Self::Private),
+            "team" => Ok(Self::Team),
+            _ => Err(format!("unknown visibility {s:?}: use private or team")),
         }
     }
 }

@@ -133,17 +133,24 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces a document's record (metadata change, rewrap). Its chunks are untouched.
-    pub fn update_document(&self, id: DocumentId, doc: &StoredDocument) -> Result<(), StoreError> {
+    /// Read-modify-write of a document's record in one durable write transaction (metadata
+    /// change), so concurrent changes cannot overwrite each other. Its chunks are untouched.
+    pub fn update_document<E: From<StoreError>>(
+        &self,
+        id: DocumentId,
+        change: impl FnOnce(StoredDocument) -> Result<StoredDocument, E>,
+    ) -> Result<(), E> {
         let txn = self.write(Durability::Immediate)?;
         {
-            let mut docs = txn.open_table(DOCUMENTS)?;
-            if docs.get(id.0)?.is_none() {
-                return Err(StoreError::NotFound("document"));
-            }
-            docs.insert(id.0, doc.encode()?.as_slice())?;
+            let mut docs = txn.open_table(DOCUMENTS).map_err(StoreError::from)?;
+            let old = match docs.get(id.0).map_err(StoreError::from)? {
+                Some(g) => StoredDocument::decode(g.value())?,
+                None => return Err(StoreError::NotFound("document").into()),
+            };
+            let new = change(old)?;
+            docs.insert(id.0, new.encode()?.as_slice()).map_err(StoreError::from)?;
         }
-        txn.commit()?;
+        txn.commit().map_err(StoreError::from)?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 mod codec;
 mod devices;
 mod documents;
+mod secrets;
 mod tables;
 mod users;
 mod vacuum;
@@ -17,11 +18,12 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 
 pub use devices::{DeviceRecord, StoredDevice};
 pub use documents::{DocumentRecord, StoredDocument};
+pub use secrets::{SecretRecord, StoredSecret};
 pub use tables::SCHEMA_VERSION;
 pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
-use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, STAGING, USER_NAMES, USERS};
+use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, SECRETS, STAGING, USER_NAMES, USERS};
 
 /// META keys marking retired master key versions: `key_retired:<version>`.
 const RETIRED_PREFIX: &str = "key_retired:";
@@ -167,6 +169,7 @@ impl Store {
             txn.open_table(USER_NAMES)?;
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_THUMBPRINTS)?;
+            txn.open_table(SECRETS)?;
         }
         txn.commit()?;
         Ok(Self { db: db.into() })
@@ -181,6 +184,7 @@ impl Store {
         let db = Database::builder().set_cache_size(options.cache_bytes).open(path)?;
         let store = Self { db: db.into() };
         store.check_schema()?;
+        store.add_missing_tables()?;
         // A copy left by an interrupted vacuum holds data deleted since: remove it. The
         // database lock taken above proves no vacuum is running.
         let leftover =
@@ -208,6 +212,20 @@ impl Store {
             v if v > SCHEMA_VERSION => Err(StoreError::NewerSchema(v)),
             _ => Err(StoreError::Corrupt("schema version")),
         }
+    }
+
+    /// Tables added after schema 1 was first written are created on open (an additive
+    /// change: older coffers never read them).
+    fn add_missing_tables(&self) -> Result<(), StoreError> {
+        match self.db.begin_read()?.open_table(SECRETS) {
+            Ok(_) => return Ok(()),
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let txn = self.write(Durability::Immediate)?;
+        txn.open_table(SECRETS)?;
+        txn.commit()?;
+        Ok(())
     }
 
     fn collect_staged(&self) -> Result<OpenReport, StoreError> {
@@ -347,6 +365,7 @@ impl Store {
         count_versions::<StoredDocument>(&snap.txn, DOCUMENTS, &mut usage)?;
         count_versions::<StoredUser>(&snap.txn, USERS, &mut usage)?;
         count_versions::<StoredDevice>(&snap.txn, DEVICES, &mut usage)?;
+        count_versions::<StoredSecret>(&snap.txn, SECRETS, &mut usage)?;
         Ok(usage)
     }
 
@@ -477,6 +496,8 @@ pub enum Family {
     Users,
     /// Devices.
     Devices,
+    /// Service secrets (CA and server keys).
+    Secrets,
 }
 
 impl Store {
@@ -495,6 +516,7 @@ impl Store {
             Family::Documents => (DOCUMENTS, None),
             Family::Users => (USERS, Some(USER_NAMES)),
             Family::Devices => (DEVICES, Some(DEVICE_THUMBPRINTS)),
+            Family::Secrets => (SECRETS, None),
         };
         let limit = limit.max(1);
         let txn = self.write(Durability::Immediate)?;

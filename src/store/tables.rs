@@ -23,3 +23,6 @@ pub const USER_NAMES: TableDefinition<[u8; 32], u128> = TableDefinition::new("us
 pub const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
 /// Keyed hash of a device certificate's SHA-256 thumbprint → device id.
 pub const DEVICE_THUMBPRINTS: TableDefinition<[u8; 32], u128> = TableDefinition::new("device_thumbprints");
+/// Sealed service secrets (CA and server private keys) by fixed slot id: postcard
+/// `SecretRecord`.
+pub const SECRETS: TableDefinition<u128, &[u8]> = TableDefinition::new("secrets");

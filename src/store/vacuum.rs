@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
-use super::tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, STAGING, USER_NAMES, USERS};
+use super::tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SECRETS, STAGING, USER_NAMES, USERS};
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
 /// Where a vacuum builds its copy of the database at `path`.
@@ -88,6 +88,7 @@ impl Store {
             copy_table(&src, &dst, USER_NAMES)?;
             copy_table(&src, &dst, DEVICES)?;
             copy_table(&src, &dst, DEVICE_THUMBPRINTS)?;
+            copy_table(&src, &dst, SECRETS)?;
         }
         // One durable commit makes every batch before it durable.
         let mut txn = dst.begin_write()?;

@@ -12,7 +12,7 @@ pub use reader::{DocumentReader, read_to_vec};
 pub use writer::DocumentWriter;
 use writer::{STAGE_BATCH, STAGE_PLAIN_CAPACITY, Stager};
 
-use super::sealing::open_record;
+use super::sealing::{open_record, seal_record};
 use super::{Vault, VaultError};
 use crate::crypto::envelope;
 use crate::crypto::labels::{AAD_META, Purpose};
@@ -79,28 +79,43 @@ pub struct NewDocument {
 
 impl NewDocument {
     fn validate(&self) -> Result<(), VaultError> {
-        let bad = |m: &str| Err(VaultError::Invalid(m.to_owned()));
-        if self.name.is_empty() || self.name.len() > MAX_SHORT_FIELD {
-            return bad("the document name must be 1 to 255 bytes");
-        }
-        if self.content_type.len() > MAX_SHORT_FIELD {
-            return bad("the content type must be at most 255 bytes");
-        }
-        if self.title.len() > MAX_TITLE {
-            return bad("the title must be at most 1024 bytes");
-        }
-        if self.tags.len() > MAX_TAGS || self.tags.iter().any(|t| t.is_empty() || t.len() > MAX_SHORT_FIELD) {
-            return bad("at most 32 tags, each 1 to 255 bytes");
-        }
-        // These end up in HTTP headers and terminals: no control characters (CR, LF, NUL, ESC...).
-        let fields = [&self.name, &self.content_type, &self.title]
-            .into_iter()
-            .chain(&self.tags);
-        if fields.into_iter().any(|f| f.chars().any(char::is_control)) {
-            return bad("document name, content type, title and tags must not contain control characters");
-        }
-        Ok(())
+        validate_fields(&self.name, &self.content_type, &self.title, &self.tags)
     }
+}
+
+fn validate_fields(name: &str, content_type: &str, title: &str, tags: &[String]) -> Result<(), VaultError> {
+    let bad = |m: &str| Err(VaultError::Invalid(m.to_owned()));
+    if name.is_empty() || name.len() > MAX_SHORT_FIELD {
+        return bad("the document name must be 1 to 255 bytes");
+    }
+    if content_type.len() > MAX_SHORT_FIELD {
+        return bad("the content type must be at most 255 bytes");
+    }
+    if title.len() > MAX_TITLE {
+        return bad("the title must be at most 1024 bytes");
+    }
+    if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > MAX_SHORT_FIELD) {
+        return bad("at most 32 tags, each 1 to 255 bytes");
+    }
+    // These end up in HTTP headers and terminals: no control characters (CR, LF, NUL, ESC...).
+    let fields = [name, content_type, title]
+        .into_iter()
+        .chain(tags.iter().map(String::as_str));
+    if fields.into_iter().any(|f| f.chars().any(char::is_control)) {
+        return bad("document name, content type, title and tags must not contain control characters");
+    }
+    Ok(())
+}
+
+/// A change to a document's metadata; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct MetaChange {
+    /// New title.
+    pub title: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New visibility.
+    pub visibility: Option<Visibility>,
 }
 
 /// A document as the application sees it: clear fields plus decrypted metadata.
@@ -293,6 +308,42 @@ impl Vault {
             .documents
             .sort_by(|a, b| b.created.cmp(&a.created).then(b.id.cmp(&a.id)));
         Ok(listing)
+    }
+
+    /// Changes a document's title, tags or visibility (the content and its key stay), in
+    /// one durable commit that re-seals the metadata. `allow` sees the current state first
+    /// and may refuse (authorisation), in the same transaction.
+    pub fn update_meta(
+        &self,
+        id: DocumentId,
+        change: MetaChange,
+        allow: impl FnOnce(&DocumentInfo) -> Result<(), VaultError>,
+    ) -> Result<DocumentInfo, VaultError> {
+        let mut out = None;
+        self.store.update_document(id, |old: StoredDocument| {
+            let (dek, mut info) = self.info(id, &old)?;
+            allow(&info)?;
+            if let Some(t) = change.title {
+                info.meta.title = t;
+            }
+            if let Some(t) = change.tags {
+                info.meta.tags = t;
+            }
+            if let Some(v) = change.visibility {
+                info.meta.visibility = v;
+            }
+            let m = &info.meta;
+            validate_fields(&m.name, &m.content_type, &m.title, &m.tags)?;
+            let mut doc = StoredDocument {
+                updated: Timestamp::now().max(old.updated),
+                ..old
+            };
+            doc.sealed_meta = seal_record(&dek, &meta_aad(id, &doc), &MetaRecord::V1(info.meta.clone()))?;
+            info.updated = doc.updated;
+            out = Some(info);
+            Ok::<_, VaultError>(doc)
+        })?;
+        out.ok_or(VaultError::NotFound("document"))
     }
 
     /// Deletes a document, its wrapped key and its chunks in one durable commit.

@@ -1,0 +1,246 @@
+//! The service's certificates: the CA and server keys are sealed in the database like
+//! any record (and rotate with the master key); only certificates and public keys are
+//! files in the keys directory.
+
+use std::path::{Path, PathBuf};
+
+use super::sealing::{open_record, seal_record};
+use super::{Paths, Vault, VaultError, durable};
+use crate::crypto::labels::{AAD_META, Purpose};
+use crate::model::{DeviceId, Timestamp, UserId};
+use crate::pki::{Ca, CertInfo, KeyDer, PkiError, San, cert_info, from_pem, public_key_pem, spki_pin, to_pem};
+use crate::store::StoredSecret;
+
+/// The CA certificate (PEM): what clients and the server trust.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// The server certificate (PEM).
+pub const SERVER_CERT_FILE: &str = "server.crt";
+/// The public key of the next server key (PEM), for the backup pin.
+pub const SERVER_NEXT_PUB_FILE: &str = "server-next.pub";
+
+/// Slot of the CA's private key.
+const SLOT_CA_KEY: u128 = 1;
+/// Slot of the server's private key.
+const SLOT_SERVER_KEY: u128 = 2;
+/// Slot of the next server key (its pin ships in apps before it is used).
+const SLOT_SERVER_NEXT_KEY: u128 = 3;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SecretBody {
+    /// A PKCS#8 private key.
+    V1(Vec<u8>),
+}
+
+impl Drop for SecretBody {
+    fn drop(&mut self) {
+        let Self::V1(bytes) = self;
+        zeroize::Zeroize::zeroize(bytes);
+    }
+}
+
+fn secret_aad(slot: u128) -> Vec<u8> {
+    let mut aad = AAD_META.to_vec();
+    aad.push(0);
+    aad.extend_from_slice(Purpose::Secret.label());
+    aad.push(0);
+    aad.extend_from_slice(&slot.to_be_bytes());
+    aad
+}
+
+/// A PKI file could not be read or written, or a certificate operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiFileError {
+    /// A file is missing or unreadable.
+    #[error("cannot read {path}: {source} (was this keys directory made by `coffer init`?)")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A certificate operation failed.
+    #[error("{0}")]
+    Pki(#[from] PkiError),
+    /// The database holds no CA or server key (made by a coffer before the PKI existed).
+    #[error(
+        "the database holds no {0}: this coffer was initialised without a PKI; re-run `coffer init` in a new directory"
+    )]
+    NoKey(&'static str),
+    /// The vault failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// The CA certificate file.
+pub fn ca_cert_path(paths: &Paths) -> PathBuf {
+    paths.keys_dir.join(CA_CERT_FILE)
+}
+
+/// The server certificate file.
+pub fn server_cert_path(paths: &Paths) -> PathBuf {
+    paths.keys_dir.join(SERVER_CERT_FILE)
+}
+
+fn read_text(path: &Path) -> Result<String, PkiFileError> {
+    std::fs::read_to_string(path).map_err(|source| PkiFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), VaultError> {
+    durable::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| VaultError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads a PEM certificate file (first certificate) as DER.
+pub fn read_cert(path: &Path, what: &'static str) -> Result<Vec<u8>, PkiFileError> {
+    Ok(from_pem(&read_text(path)?, "CERTIFICATE", what)?)
+}
+
+/// The SPKI pins of the current and the next server key, read from the keys directory
+/// (no passphrase needed: they are public).
+pub fn pins(paths: &Paths) -> Result<(String, String), PkiFileError> {
+    let current = cert_info(&read_cert(&server_cert_path(paths), "server.crt")?, "server.crt")?;
+    let next = from_pem(
+        &read_text(&paths.keys_dir.join(SERVER_NEXT_PUB_FILE))?,
+        "PUBLIC KEY",
+        "server-next.pub",
+    )?;
+    Ok((spki_pin(&current.spki), spki_pin(&next)))
+}
+
+/// A device certificate and key made by [`Vault::issue_device`].
+#[derive(Debug)]
+pub struct IssuedDevice {
+    /// The registered device.
+    pub device: super::principals::DeviceInfo,
+    /// Its certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// Its private key.
+    pub key: KeyDer,
+    /// The CA certificate, DER.
+    pub ca_der: Vec<u8>,
+}
+
+impl Vault {
+    fn put_keys(&self, keys: &[(u128, &KeyDer)], replace: bool) -> Result<(), VaultError> {
+        let mut records = Vec::with_capacity(keys.len());
+        for (slot, key) in keys {
+            let (dek, key_version, wrapped_dek) = self.new_dek(Purpose::Secret, *slot)?;
+            let body = SecretBody::V1(key.expose().to_vec());
+            let sealed = seal_record(&dek, &secret_aad(*slot), &body)?;
+            records.push((
+                *slot,
+                StoredSecret {
+                    created: Timestamp::now(),
+                    key_version,
+                    wrapped_dek,
+                    sealed,
+                },
+            ));
+        }
+        Ok(self.store.put_secrets(&records, replace)?)
+    }
+
+    fn key(&self, slot: u128, what: &'static str) -> Result<KeyDer, PkiFileError> {
+        let stored = self
+            .store
+            .snapshot()
+            .map_err(VaultError::from)?
+            .secret(slot)
+            .map_err(VaultError::from)?;
+        let stored = stored.ok_or(PkiFileError::NoKey(what))?;
+        let dek = self.unwrap_dek(Purpose::Secret, slot, stored.key_version, &stored.wrapped_dek)?;
+        let mut body: SecretBody = open_record(&dek, &secret_aad(slot), &stored.sealed, Purpose::Secret, slot)?;
+        let SecretBody::V1(bytes) = &mut body;
+        Ok(KeyDer::new(std::mem::take(bytes)))
+    }
+
+    /// Creates the CA, the server key and certificate for `sans`, and the next server key.
+    /// Keys are sealed in the database; certificates and the next public key are written
+    /// to the keys directory.
+    pub fn create_pki(&self, sans: &[San], ca_days: u32, server_days: u32) -> Result<(), PkiFileError> {
+        let (ca, ca_key) = Ca::generate(ca_days)?;
+        let server_key = KeyDer::generate()?;
+        let next_key = KeyDer::generate()?;
+        let server_cert = ca.issue_server(&server_key, sans, server_days)?;
+        self.put_keys(
+            &[
+                (SLOT_CA_KEY, &ca_key),
+                (SLOT_SERVER_KEY, &server_key),
+                (SLOT_SERVER_NEXT_KEY, &next_key),
+            ],
+            false,
+        )?;
+        write_public(&ca_cert_path(&self.paths), &ca.cert_pem())?;
+        write_public(&server_cert_path(&self.paths), &to_pem(&server_cert))?;
+        write_public(
+            &self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE),
+            &public_key_pem(&next_key.spki()?),
+        )?;
+        Ok(())
+    }
+
+    /// The CA, ready to sign.
+    pub fn ca(&self) -> Result<Ca, PkiFileError> {
+        let cert = read_cert(&ca_cert_path(&self.paths), "ca.crt")?;
+        let key = self.key(SLOT_CA_KEY, "CA key")?;
+        Ok(Ca::load(&cert, &key)?)
+    }
+
+    /// The server's certificate (DER) and private key, for the TLS listener.
+    pub fn server_identity(&self) -> Result<(Vec<u8>, KeyDer), PkiFileError> {
+        let cert = read_cert(&server_cert_path(&self.paths), "server.crt")?;
+        let key = self.key(SLOT_SERVER_KEY, "server key")?;
+        let info = cert_info(&cert, "server.crt")?;
+        if info.spki != key.spki()? {
+            return Err(PkiError::BadCertificate("server.crt (it does not match the server key)").into());
+        }
+        Ok((cert, key))
+    }
+
+    /// Issues a new server certificate for the same key (so pins stay valid), for `sans`
+    /// or, when empty, the names of the current certificate.
+    pub fn renew_server_cert(&self, sans: &[San], days: u32) -> Result<CertInfo, PkiFileError> {
+        let (current, key) = self.server_identity()?;
+        let sans = if sans.is_empty() {
+            cert_info(&current, "server.crt")?.sans
+        } else {
+            sans.to_vec()
+        };
+        let cert = self.ca()?.issue_server(&key, &sans, days)?;
+        write_public(&server_cert_path(&self.paths), &to_pem(&cert))?;
+        Ok(cert_info(&cert, "server.crt")?)
+    }
+
+    /// Makes a key pair and a client certificate for a new device of `owner`, and
+    /// registers the device under the certificate's thumbprint.
+    pub fn issue_device(&self, owner: UserId, name: &str, days: u32) -> Result<IssuedDevice, PkiFileError> {
+        self.user(owner)?;
+        let ca = self.ca()?;
+        let key = KeyDer::generate()?;
+        let id = DeviceId::random().map_err(|e| VaultError::Seal(e.into()))?;
+        let cert_der = ca.issue_device(id, &key.spki()?, days)?;
+        let info = cert_info(&cert_der, "device certificate")?;
+        let device = self.register_device(
+            id,
+            owner,
+            super::principals::DeviceBody {
+                name: name.to_owned(),
+                thumbprint: crate::pki::thumbprint(&cert_der),
+                revoked: false,
+            },
+            Timestamp(info.not_after.saturating_mul(1000)),
+        )?;
+        Ok(IssuedDevice {
+            device,
+            cert_der,
+            key,
+            ca_der: ca.cert_der().to_vec(),
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! Configuration: one typed [`Config`], layered as defaults → TOML file → `COFFER_*`
+//! environment variables → command-line flags, and validated once.
+//!
+//! The file is `--config FILE`, else `$COFFER_CONFIG`, else `./coffer.toml` when present.
+//! Unknown keys are an error naming the key, so a typo never silently falls back to a
+//! default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::crypto::kdf::KdfParams;
+
+/// Environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "COFFER_CONFIG";
+/// The file used when neither `--config` nor `$COFFER_CONFIG` names one, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "coffer.toml";
+/// Default listen address of `coffer serve`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Default largest document, bytes (256 MiB).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Every setting of coffer.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address `coffer serve` listens on (`serve --dev`: 127.0.0.1:8443 unless set).
+    pub listen: Option<SocketAddr>,
+    /// Data directory (holds coffer.redb).
+    pub data_dir: PathBuf,
+    /// Keys directory (key file, CA and server certificates).
+    pub keys_dir: PathBuf,
+    /// redb page cache, MiB.
+    pub cache_mib: usize,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// argon2id cost for new key files and new password hashes.
+    pub argon2: Argon2Config,
+    /// Certificate lifetimes.
+    pub pki: PkiConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            data_dir: PathBuf::from("./data"),
+            keys_dir: PathBuf::from("./keys"),
+            cache_mib: 32,
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            argon2: Argon2Config::default(),
+            pki: PkiConfig::default(),
+        }
+    }
+}
+
+/// Lowest TLS version offered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (then only ECDHE key exchange with AEAD suites) and 1.3.
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `"1.3"` (default) or `"1.2"`.
+    pub min_version: TlsVersion,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest document accepted, bytes.
+    pub max_upload_bytes: u64,
+    /// Most documents in one page of `GET /v1/documents`.
+    pub max_page_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// `[argon2]`: cost of new key files (`init`, `key passphrase`) and new password hashes.
+/// Existing hashes and key files keep the parameters they were made with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Config {
+    /// Memory, KiB.
+    pub memory_kib: u32,
+    /// Iterations.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: KdfParams::DEFAULT.m_cost_kib,
+            iterations: KdfParams::DEFAULT.t_cost,
+            parallelism: KdfParams::DEFAULT.p_cost,
+        }
+    }
+}
+
+impl Argon2Config {
+    /// As KDF parameters.
+    pub fn params(self) -> KdfParams {
+        KdfParams {
+            m_cost_kib: self.memory_kib,
+            t_cost: self.iterations,
+            p_cost: self.parallelism,
+        }
+    }
+}
+
+/// `[pki]`: lifetimes of the certificates coffer issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiConfig {
+    /// CA certificate, days (made once at `init`).
+    pub ca_days: u32,
+    /// Server certificate, days (`init`, `cert renew-server`).
+    pub server_days: u32,
+    /// Device certificates, days.
+    pub device_days: u32,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            ca_days: 3650,
+            server_days: 397,
+            device_days: 365,
+        }
+    }
+}
+
+/// The configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file named by `--config` or `$COFFER_CONFIG` cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml reported (it names the key and the line).
+        message: String,
+    },
+    /// An environment variable does not parse.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The key, as written in the file.
+        key: &'static str,
+        /// What is accepted.
+        message: String,
+    },
+}
+
+/// Environment variables that override file settings, with the key each sets.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("COFFER_LISTEN", "listen"),
+    ("COFFER_DATA_DIR", "data_dir"),
+    ("COFFER_KEYS_DIR", "keys_dir"),
+    ("COFFER_CACHE_MIB", "cache_mib"),
+    ("COFFER_TLS_MIN_VERSION", "tls.min_version"),
+    ("COFFER_MAX_UPLOAD_BYTES", "limits.max_upload_bytes"),
+    ("COFFER_MAX_PAGE_SIZE", "limits.max_page_size"),
+    ("COFFER_KDF_MEMORY_KIB", "argon2.memory_kib"),
+    ("COFFER_KDF_ITERATIONS", "argon2.iterations"),
+    ("COFFER_KDF_PARALLELISM", "argon2.parallelism"),
+    ("COFFER_CA_DAYS", "pki.ca_days"),
+    ("COFFER_SERVER_CERT_DAYS", "pki.server_days"),
+    ("COFFER_DEVICE_CERT_DAYS", "pki.device_days"),
+];
+
+impl Config {
+    /// Parses a TOML document (`path` is only for messages).
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_toml(&text, &shown)
+    }
+
+    /// Defaults, then the file (`explicit`, else `$COFFER_CONFIG`, else `./coffer.toml` if
+    /// present), then the environment. Flags are applied by the caller, then
+    /// [`validate`](Self::validate).
+    pub fn load(
+        explicit: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let file = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => match env(CONFIG_ENV) {
+                Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+                _ => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+            },
+        };
+        let mut config = match &file {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        Ok((config, file))
+    }
+
+    /// Applies the `COFFER_*` variables of [`ENV_KEYS`].
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                message: e.to_string(),
+            })
+        }
+        for &(name, _) in ENV_KEYS {
+            let Some(value) = env(name) else { continue };
+            match name {
+                "COFFER_LISTEN" => self.listen = Some(parse(name, &value)?),
+                "COFFER_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "COFFER_KEYS_DIR" => self.keys_dir = PathBuf::from(value),
+                "COFFER_CACHE_MIB" => self.cache_mib = parse(name, &value)?,
+                "COFFER_TLS_MIN_VERSION" => {
+                    self.tls.min_version = match value.trim() {
+                        "1.2" => TlsVersion::Tls12,
+                        "1.3" => TlsVersion::Tls13,
+                        _ => {
+                            return Err(ConfigError::Env {
+                                name,
+                                message: "expected 1.2 or 1.3".into(),
+                            });
+                        }
+                    }
+                }
+                "COFFER_MAX_UPLOAD_BYTES" => self.limits.max_upload_bytes = parse(name, &value)?,
+                "COFFER_MAX_PAGE_SIZE" => self.limits.max_page_size = parse(name, &value)?,
+                "COFFER_KDF_MEMORY_KIB" => self.argon2.memory_kib = parse(name, &value)?,
+                "COFFER_KDF_ITERATIONS" => self.argon2.iterations = parse(name, &value)?,
+                "COFFER_KDF_PARALLELISM" => self.argon2.parallelism = parse(name, &value)?,
+                "COFFER_CA_DAYS" => self.pki.ca_days = parse(name, &value)?,
+                "COFFER_SERVER_CERT_DAYS" => self.pki.server_days = parse(name, &value)?,
+                "COFFER_DEVICE_CERT_DAYS" => self.pki.device_days = parse(name, &value)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if !(1..=65536).contains(&self.cache_mib) {
+            return invalid("cache_mib", "must be 1 to 65536 (MiB)");
+        }
+        if self.limits.max_upload_bytes == 0 || self.limits.max_upload_bytes > 1 << 40 {
+            return invalid("limits.max_upload_bytes", "must be 1 byte to 1 TiB");
+        }
+        if !(1..=10_000).contains(&self.limits.max_page_size) {
+            return invalid("limits.max_page_size", "must be 1 to 10000");
+        }
+        if let Err(e) = self.argon2.params().validate() {
+            return invalid("argon2", &e.to_string());
+        }
+        if !(1..=36_500).contains(&self.pki.ca_days) {
+            return invalid("pki.ca_days", "must be 1 to 36500");
+        }
+        if !(1..=3650).contains(&self.pki.server_days) {
+            return invalid("pki.server_days", "must be 1 to 3650");
+        }
+        if !(1..=3650).contains(&self.pki.device_days) {
+            return invalid("pki.device_days", "must be 1 to 3650");
+        }
+        Ok(())
+    }
+
+    /// The listen address: the configured one, else `fallback`.
+    pub fn listen_or(&self, fallback: SocketAddr) -> SocketAddr {
+        self.listen.unwrap_or(fallback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("lisen = \"1.2.3.4:1\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_upload = 5\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_upload"), "{err}");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let mut c = Config::from_toml("cache_mib = 8\n[limits]\nmax_upload_bytes = 10\n", "x").unwrap();
+        c.apply_env(|k| (k == "COFFER_MAX_UPLOAD_BYTES").then(|| "20".to_owned()))
+            .unwrap();
+        assert_eq!(c.cache_mib, 8);
+        assert_eq!(c.limits.max_upload_bytes, 20);
+        assert_eq!(c.tls.min_version, TlsVersion::Tls13);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c = Config::from_toml("[pki]\ndevice_days = 0\n", "x").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("pki.device_days"));
+        let err = Config::from_toml("[tls]\nmin_version = \"1.1\"\n", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1.1") || err.contains("min_version"), "{err}");
+        let mut c = Config::default();
+        assert!(
+            c.apply_env(|k| (k == "COFFER_LISTEN").then(|| "nowhere".into()))
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Every HTTP error is an RFC 9457 problem (`application/problem+json`) with a stable
+//! `type` per reason, mapped here and nowhere else. A 5xx never shows internals.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::app::VaultError;
+use crate::store::StoreError;
+
+/// Prefix of every problem `type`; the suffix is the reason's stable slug.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:coffer:problem:";
+
+/// The reasons a request can fail, each with its status and slug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reason {
+    /// No client certificate was presented (only enrolment works without one).
+    ClientCertificateRequired,
+    /// The certificate chains to the CA but no device holds it.
+    DeviceUnknown,
+    /// The device was revoked.
+    DeviceRevoked,
+    /// The device's certificate has expired.
+    DeviceExpired,
+    /// The device's owner is disabled.
+    UserDisabled,
+    /// The caller's role may not use this endpoint.
+    RoleNotPermitted,
+    /// The caller may see the object but not change it.
+    NotPermitted,
+    /// No such object, or not visible to the caller (indistinguishable on purpose).
+    NotFound,
+    /// The method is not supported on this path.
+    MethodNotAllowed,
+    /// The request is malformed (headers, body, query, field lengths).
+    InvalidRequest,
+    /// The upload is larger than the configured limit.
+    PayloadTooLarge,
+    /// The requested byte range lies outside the document.
+    RangeNotSatisfiable,
+    /// Stored data failed its integrity check.
+    IntegrityError,
+    /// The server is busy (database maintenance); retry later.
+    Unavailable,
+    /// Anything else; details are logged, not returned.
+    Internal,
+}
+
+impl Reason {
+    /// HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ClientCertificateRequired | Self::DeviceUnknown | Self::DeviceRevoked | Self::DeviceExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::UserDisabled | Self::RoleNotPermitted | Self::NotPermitted => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::IntegrityError | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable slug, the suffix of the problem `type`.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => "client-certificate-required",
+            Self::DeviceUnknown => "device-unknown",
+            Self::DeviceRevoked => "device-revoked",
+            Self::DeviceExpired => "device-expired",
+            Self::UserDisabled => "user-disabled",
+            Self::RoleNotPermitted => "role-not-permitted",
+            Self::NotPermitted => "not-permitted",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::InvalidRequest => "invalid-request",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::RangeNotSatisfiable => "range-not-satisfiable",
+            Self::IntegrityError => "integrity-error",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal-error",
+        }
+    }
+
+    /// Short human-readable summary.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::ClientCertificateRequired => "A client certificate is required",
+            Self::DeviceUnknown => "This device is not enrolled",
+            Self::DeviceRevoked => "This device has been revoked",
+            Self::DeviceExpired => "This device's certificate has expired",
+            Self::UserDisabled => "This user is disabled",
+            Self::RoleNotPermitted => "This role may not use this endpoint",
+            Self::NotPermitted => "Not permitted",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::InvalidRequest => "Invalid request",
+            Self::PayloadTooLarge => "Payload too large",
+            Self::RangeNotSatisfiable => "Range not satisfiable",
+            Self::IntegrityError => "Stored data failed its integrity check",
+            Self::Unavailable => "Temporarily unavailable",
+            Self::Internal => "Internal error",
+        }
+    }
+}
+
+/// A failed request: its reason and an optional detail safe to show the caller.
+#[derive(Debug)]
+pub struct Problem {
+    /// Why.
+    pub reason: Reason,
+    /// What to do about it; never secrets, never internals.
+    pub detail: Option<String>,
+    /// For `416`: the document size, sent as `Content-Range: bytes */size`.
+    pub size: Option<u64>,
+}
+
+impl Problem {
+    /// A problem without detail.
+    pub fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            detail: None,
+            size: None,
+        }
+    }
+
+    /// A problem with a detail line.
+    pub fn detail(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: Some(detail.into()),
+            size: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason.slug())
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.reason.status();
+        let body = Body {
+            kind: format!("{PROBLEM_TYPE_PREFIX}{}", self.reason.slug()),
+            title: self.reason.title(),
+            status: status.as_u16(),
+            detail: self.detail.as_deref(),
+        };
+        let mut res = HttpResponse::build(status);
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
+        if let Some(size) = self.size {
+            res.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is not read: the connection cannot be reused.
+            res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
+        }
+        res.json(body)
+    }
+}
+
+impl From<VaultError> for Problem {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NotFound(_) | VaultError::Store(StoreError::NotFound(_)) => Self::new(Reason::NotFound),
+            VaultError::Invalid(m) => Self::detail(Reason::InvalidRequest, m),
+            VaultError::NotPermitted(m) => Self::detail(Reason::NotPermitted, m),
+            VaultError::Store(StoreError::Busy) => Self::new(Reason::Unavailable),
+            VaultError::Integrity { what, id } => {
+                eprintln!("error: integrity check failed for {what} {id}");
+                Self::detail(
+                    Reason::IntegrityError,
+                    format!("{what} {id} is damaged; an administrator can restore it"),
+                )
+            }
+            other => {
+                eprintln!("error: request failed: {other}");
+                Self::new(Reason::Internal)
+            }
+        }
+    }
+}

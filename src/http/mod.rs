@@ -1,0 +1,139 @@
+//! The HTTPS API: actix-web over rustls with client certificates. Thin over [`crate::app`]:
+//! handlers parse, authorise and map errors; the vault does the work.
+
+pub mod auth;
+pub mod error;
+mod routes;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{App, HttpServer, web};
+
+use crate::app::Vault;
+use crate::app::pki::PkiFileError;
+use crate::config::TlsVersion;
+
+/// What the server needs besides the vault.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Lowest TLS version.
+    pub tls_min: TlsVersion,
+    /// Largest document accepted, bytes.
+    pub max_upload_bytes: u64,
+    /// Most documents per listing page.
+    pub max_page_size: u32,
+    /// Worker threads (default: one per CPU core).
+    pub workers: Option<usize>,
+}
+
+/// Shared by every handler.
+pub struct State {
+    /// The unlocked vault.
+    pub vault: Arc<Vault>,
+    /// Server options.
+    pub options: ServerOptions,
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The certificates or keys could not be loaded.
+    #[error(transparent)]
+    Pki(#[from] PkiFileError),
+    /// The TLS configuration is invalid.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why (in use, permission).
+        source: std::io::Error,
+    },
+    /// The server thread failed.
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    routes::configure(cfg);
+}
+
+/// A server running on its own thread.
+pub struct RunningServer {
+    addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The address actually listened on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish, and waits for the thread.
+    pub fn stop(self) -> Result<(), ServeError> {
+        // The command is sent when `stop` is called; joining the thread waits for it.
+        drop(self.handle.stop(true));
+        self.wait()
+    }
+
+    /// Waits until the server stops (on SIGINT/SIGTERM, or [`stop`](Self::stop)).
+    pub fn wait(self) -> Result<(), ServeError> {
+        match self.thread.join() {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ServeError::Io(std::io::Error::other("the server thread panicked"))),
+        }
+    }
+}
+
+/// Starts the HTTPS server for `vault` on its own thread and returns once it listens.
+pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer, ServeError> {
+    let ca_der = crate::app::pki::read_cert(&crate::app::pki::ca_cert_path(vault.paths()), "ca.crt")?;
+    let (server_cert, server_key) = vault.server_identity()?;
+    let tls = tls::server_config(&ca_der, server_cert, &server_key, options.tls_min)?;
+    drop(server_key);
+    let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Bind {
+        addr: options.listen,
+        source,
+    })?;
+    let addr = listener.local_addr()?;
+    let state = web::Data::new(State {
+        vault,
+        options: options.clone(),
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+                .on_connect(auth::on_connect);
+            if let Some(n) = options.workers {
+                server = server.workers(n);
+            }
+            let server = match server.listen_rustls_0_23(listener, tls) {
+                Ok(s) => s.run(),
+                Err(e) => {
+                    let _ = tx.send(None);
+                    return Err(e);
+                }
+            };
+            let _ = tx.send(Some(server.handle()));
+            server.await
+        })
+    })?;
+    match rx.recv() {
+        Ok(Some(handle)) => Ok(RunningServer { addr, handle, thread }),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Err(ServeError::Io(std::io::Error::other("the server did not start"))),
+        },
+    }
+}
