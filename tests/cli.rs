@@ -245,7 +245,8 @@ fn passphrase_change_refuses_a_short_new_passphrase() {
 fn status_shows_one_current_version_after_init() {
     let dirs = initialised_with_binary();
     let stdout = run_coffer_ok(&dirs.paths, &["key", "status"]);
-    assert_eq!(status_versions(&stdout), vec![(1, 1, true)], "{stdout}");
+    // One document plus the three service secrets (CA, server and next server keys).
+    assert_eq!(status_versions(&stdout), vec![(1, 4, true)], "{stdout}");
     assert!(stdout.contains("argon2id: 64 KiB, 1 iterations, 1 lanes"), "{stdout}");
     assert!(!stdout.contains("unfinished"));
 }

@@ -12,11 +12,15 @@ use redb::ReadableTable;
 fn a_second_open_of_the_same_coffer_is_refused_while_the_first_holds_it() {
     let (dirs, vault) = temp_vault();
     let second = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default());
-    assert!(matches!(second, Err(UnlockError::Busy(_))), "{second:?}");
+    assert!(matches!(second, Err(UnlockError::Busy { .. })), "{second:?}");
     // The binary says so too, and changes nothing.
     let out = run_coffer(&dirs.paths, PASSPHRASE, &["key", "rotate"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another coffer process"));
+    // It names the holder (this test process) and says what to do.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds the database"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", std::process::id())), "{stderr}");
+    assert!(stderr.contains("stop it first"), "{stderr}");
     drop(vault);
     open_vault(&dirs.paths);
 }

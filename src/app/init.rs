@@ -27,9 +27,55 @@ pub enum InitError {
     /// Another process holds the keys directory.
     #[error("{0}")]
     Locked(String),
+    /// The CA or server certificate could not be made.
+    #[error(transparent)]
+    Pki(#[from] super::pki::PkiFileError),
+    /// The new key file could not be opened again.
+    #[error(transparent)]
+    Unlock(#[from] super::UnlockError),
     /// Anything else.
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+/// What `coffer init` makes besides the key file and database.
+#[derive(Clone, Debug)]
+pub struct PkiPlan {
+    /// Names of the server certificate.
+    pub sans: Vec<crate::pki::San>,
+    /// CA lifetime, days.
+    pub ca_days: u32,
+    /// Server certificate lifetime, days.
+    pub server_days: u32,
+}
+
+/// [`init`], then the CA, the server key and certificate, and the next server key. On any
+/// failure everything made is removed again, so `init` can simply be re-run.
+pub fn init_with_pki(
+    paths: &Paths,
+    passphrase: &Passphrase,
+    params: KdfParams,
+    options: StoreOptions,
+    plan: &PkiPlan,
+) -> Result<(), InitError> {
+    init(paths, passphrase, params, options)?;
+    let made = (|| {
+        let (vault, _) = super::Vault::open(paths, passphrase, options)?;
+        vault.create_pki(&plan.sans, plan.ca_days, plan.server_days)?;
+        Ok::<_, InitError>(())
+    })();
+    if made.is_err() {
+        for f in [
+            paths.key_file(),
+            paths.database(),
+            super::pki::ca_cert_path(paths),
+            super::pki::server_cert_path(paths),
+            paths.keys_dir.join(super::pki::SERVER_NEXT_PUB_FILE),
+        ] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    made
 }
 
 impl From<StoreError> for InitError {

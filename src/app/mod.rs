@@ -1,6 +1,7 @@
 //! Use cases shared by the command line, the HTTP API and the admin socket. A [`Vault`] is
 //! an unlocked coffer: the keyring and the open store.
 
+pub mod dev;
 pub mod documents;
 pub mod durable;
 pub mod init;
@@ -70,8 +71,16 @@ pub enum UnlockError {
         source: KeyFileError,
     },
     /// Another process holds the keys directory's lock.
-    #[error("another coffer process is using {0} (is `coffer serve` or another admin command running?)")]
-    Busy(String),
+    #[error(
+        "{holder} holds the database and keys in {dir}; stop it first \
+         (while `coffer serve` runs, admin commands that need the database must wait for it to stop)"
+    )]
+    Busy {
+        /// The keys directory.
+        dir: String,
+        /// Who holds it, as that process recorded (e.g. "coffer serve (pid 1234)").
+        holder: String,
+    },
     /// The lock file could not be created or locked.
     #[error("cannot lock {path}: {source}")]
     Lock {
@@ -104,13 +113,34 @@ pub const LOCK_FILE: &str = "coffer.lock";
 /// How long a busy lock is retried before the other process is reported.
 const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
+static PROCESS_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names this process (e.g. "coffer serve") in the lock file, so another command that
+/// finds the lock taken can say who holds it.
+pub fn set_process_name(name: &'static str) {
+    let _ = PROCESS_NAME.set(name);
+}
+
+/// Who holds the lock, as recorded in the lock file (sanitised for the terminal).
+fn lock_holder(file: &mut std::fs::File) -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    let _ = file.take(200).read_to_string(&mut text);
+    let clean: String = text.trim().chars().filter(|c| !c.is_control()).collect();
+    if clean.is_empty() {
+        "another coffer process".to_owned()
+    } else {
+        format!("`{clean}`")
+    }
+}
+
 /// Takes the keys directory's lock (exclusive, non-blocking) for as long as the returned
 /// file lives.
 pub fn lock_keys(paths: &Paths) -> Result<std::fs::File, UnlockError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = paths.keys_dir.join(LOCK_FILE);
     let shown = path.display().to_string();
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -127,12 +157,22 @@ pub fn lock_keys(paths: &Paths) -> Result<std::fs::File, UnlockError> {
     let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => {
+                use std::io::Write;
+                // Best effort: only used to name the holder in another process's message.
+                let name = PROCESS_NAME.get().copied().unwrap_or("coffer");
+                let _ = file.set_len(0);
+                let _ = write!(file, "{name} (pid {})", std::process::id());
+                return Ok(file);
+            }
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(UnlockError::Busy(paths.keys_dir.display().to_string()));
+                return Err(UnlockError::Busy {
+                    dir: paths.keys_dir.display().to_string(),
+                    holder: lock_holder(&mut file),
+                });
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(UnlockError::Lock { path: shown, source }),
         }

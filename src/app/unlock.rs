@@ -94,6 +94,23 @@ pub fn existing(file: Option<&Path>) -> Result<Passphrase, PassphraseError> {
     Err(PassphraseError::Unavailable)
 }
 
+/// Like [`existing`], but before asking on the terminal, uses the development passphrase
+/// file `dev` if it exists (calling `warn` with its path first).
+pub fn existing_or_dev(
+    file: Option<&Path>,
+    dev: Option<&Path>,
+    warn: &mut dyn FnMut(&Path),
+) -> Result<Passphrase, PassphraseError> {
+    let explicit = file.is_some()
+        || std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| PathBuf::from(d).join(CREDENTIAL_NAME).exists())
+        || std::env::var_os(PASSPHRASE_ENV).is_some();
+    if !explicit && let Some(dev) = dev.filter(|d| d.is_file()) {
+        warn(dev);
+        return from_file(dev);
+    }
+    existing(file)
+}
+
 /// A new passphrase: from `file` when given (or the usual non-interactive sources),
 /// otherwise asked twice at the terminal. Checked for length.
 pub fn new(file: Option<&Path>, allow_env: bool) -> Result<Passphrase, PassphraseError> {

@@ -1,9 +1,9 @@
 //! `coffer compact`.
 
-use super::GlobalArgs;
+use super::Context;
 
-pub(super) fn run(global: &GlobalArgs) -> anyhow::Result<()> {
-    let mut vault = global.open_vault()?;
+pub(super) fn run(ctx: &Context) -> anyhow::Result<()> {
+    let mut vault = ctx.open_vault()?;
     let before = vault.store().space()?;
     let report = vault.vacuum()?;
     let after = vault.store().space()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{GlobalArgs, KdfArgs};
+use super::{Context, KdfArgs};
 use crate::app::unlock;
 
 /// Master key management.
@@ -34,11 +34,15 @@ pub struct PassphraseCmd {
 }
 
 impl KeyCmd {
-    pub(super) fn run(self, global: &GlobalArgs) -> anyhow::Result<()> {
-        let mut vault = global.open_vault()?;
+    pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        let mut vault = ctx.open_vault()?;
         match self {
             Self::Passphrase(cmd) => {
-                let params = if cmd.change_kdf { Some(cmd.kdf.params()?) } else { None };
+                let params = if cmd.change_kdf {
+                    Some(cmd.kdf.params(ctx)?)
+                } else {
+                    None
+                };
                 let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
                 vault.change_passphrase(&new, params)?;
                 println!("passphrase changed; {} re-sealed", vault.paths().key_file().display());

@@ -1,8 +1,13 @@
 //! The command line. One file per subcommand; each talks to [`crate::app`].
 
 mod compact;
+mod config;
+mod device;
 mod init;
 mod key;
+mod pki;
+mod serve;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Paths, UnlockError, Vault};
+use crate::config::Config;
 use crate::crypto::kdf::KdfParams;
 use crate::store::StoreOptions;
 
@@ -28,48 +34,95 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options shared by all subcommands.
+/// Options shared by all subcommands. Every setting can also come from the configuration
+/// file and `COFFER_*` environment variables (see the README); flags win.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Data directory (holds coffer.redb).
-    #[arg(long, global = true, env = "COFFER_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Keys directory (holds master.key).
-    #[arg(long, global = true, env = "COFFER_KEYS_DIR", default_value = "./keys")]
-    pub keys_dir: PathBuf,
+    /// Configuration file (default: $COFFER_CONFIG, else ./coffer.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (holds coffer.redb) [config: data_dir, env: COFFER_DATA_DIR].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keys directory (key file, certificates) [config: keys_dir, env: COFFER_KEYS_DIR].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
     /// Read the passphrase from this file instead of $CREDENTIALS_DIRECTORY/coffer-passphrase,
     /// $COFFER_PASSPHRASE or the terminal.
     #[arg(long, global = true, env = "COFFER_PASSPHRASE_FILE", value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
-    /// redb page cache, MiB.
-    #[arg(
-        long,
-        global = true,
-        env = "COFFER_CACHE_MIB",
-        default_value_t = 32,
-        value_name = "MIB"
-    )]
-    pub cache_mib: usize,
+    /// redb page cache, MiB [config: cache_mib, env: COFFER_CACHE_MIB].
+    #[arg(long, global = true, value_name = "MIB")]
+    pub cache_mib: Option<usize>,
 }
 
 impl GlobalArgs {
+    /// Defaults → file → environment → these flags, validated.
+    fn context(&self) -> anyhow::Result<Context> {
+        let (mut config, file) = Config::load(self.config.as_deref(), |k| std::env::var(k).ok())?;
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(d) = &self.keys_dir {
+            config.keys_dir = d.clone();
+        }
+        if let Some(c) = self.cache_mib {
+            config.cache_mib = c;
+        }
+        config.validate()?;
+        Ok(Context {
+            config,
+            config_file: file,
+            passphrase_file: self.passphrase_file.clone(),
+        })
+    }
+}
+
+/// The resolved settings a subcommand runs with.
+#[derive(Debug)]
+pub struct Context {
+    /// Every setting.
+    pub config: Config,
+    /// The file they were read from, if any.
+    pub config_file: Option<PathBuf>,
+    /// `--passphrase-file`.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Context {
     fn paths(&self) -> Paths {
         Paths {
-            data_dir: self.data_dir.clone(),
-            keys_dir: self.keys_dir.clone(),
+            data_dir: self.config.data_dir.clone(),
+            keys_dir: self.config.keys_dir.clone(),
         }
     }
 
     fn store_options(&self) -> StoreOptions {
         StoreOptions {
-            cache_bytes: self.cache_mib.saturating_mul(1024 * 1024),
+            cache_bytes: self.config.cache_mib.saturating_mul(1024 * 1024),
         }
+    }
+
+    /// The passphrase of the existing key file, from the usual sources or, next to a
+    /// development server, from `keys/dev/passphrase`.
+    fn passphrase(&self) -> anyhow::Result<crate::secret::Passphrase> {
+        let dev = crate::app::dev::passphrase_file(&self.paths());
+        Ok(crate::app::unlock::existing_or_dev(
+            self.passphrase_file.as_deref(),
+            Some(&dev),
+            &mut |path| {
+                eprintln!(
+                    "warning: using the development passphrase in {}: never use it for real data",
+                    path.display()
+                )
+            },
+        )?)
     }
 
     /// Unlocks the key file and opens the database.
     fn open_vault(&self) -> anyhow::Result<Vault> {
         warn_if_exposed(&self.paths().key_file());
-        let passphrase = crate::app::unlock::existing(self.passphrase_file.as_deref())?;
+        let passphrase = self.passphrase()?;
         let (vault, report) = Vault::open(&self.paths(), &passphrase, self.store_options())?;
         if report.staged_uploads_removed > 0 {
             eprintln!(
@@ -96,34 +149,40 @@ fn warn_if_exposed(key_file: &std::path::Path) {
     }
 }
 
-/// argon2id cost of the passphrase KDF. Lower values than the defaults are for tests only.
+/// argon2id cost of the passphrase KDF [config: argon2.*, env: COFFER_KDF_*]. Lower values
+/// than the defaults are for tests only.
 #[derive(Debug, Args)]
 pub struct KdfArgs {
     /// Memory, KiB.
-    #[arg(long, env = "COFFER_KDF_MEMORY_KIB", default_value_t = KdfParams::DEFAULT.m_cost_kib)]
-    pub kdf_memory_kib: u32,
+    #[arg(long, value_name = "KIB")]
+    pub kdf_memory_kib: Option<u32>,
     /// Iterations.
-    #[arg(long, env = "COFFER_KDF_ITERATIONS", default_value_t = KdfParams::DEFAULT.t_cost)]
-    pub kdf_iterations: u32,
+    #[arg(long, value_name = "N")]
+    pub kdf_iterations: Option<u32>,
     /// Lanes.
-    #[arg(long, env = "COFFER_KDF_PARALLELISM", default_value_t = KdfParams::DEFAULT.p_cost)]
-    pub kdf_parallelism: u32,
+    #[arg(long, value_name = "N")]
+    pub kdf_parallelism: Option<u32>,
 }
 
 impl KdfArgs {
-    fn params(&self) -> anyhow::Result<KdfParams> {
+    fn params(&self, ctx: &Context) -> anyhow::Result<KdfParams> {
+        let base = ctx.config.argon2.params();
         let p = KdfParams {
-            m_cost_kib: self.kdf_memory_kib,
-            t_cost: self.kdf_iterations,
-            p_cost: self.kdf_parallelism,
+            m_cost_kib: self.kdf_memory_kib.unwrap_or(base.m_cost_kib),
+            t_cost: self.kdf_iterations.unwrap_or(base.t_cost),
+            p_cost: self.kdf_parallelism.unwrap_or(base.p_cost),
         }
         .validate()?;
-        if p.is_weaker_than_default() {
-            eprintln!(
-                "warning: argon2id parameters below the production default (64 MiB, 3 iterations): acceptable for tests only"
-            );
-        }
+        warn_if_weak(p);
         Ok(p)
+    }
+}
+
+fn warn_if_weak(p: KdfParams) {
+    if p.is_weaker_than_default() {
+        eprintln!(
+            "warning: argon2id parameters below the production default (64 MiB, 3 iterations): acceptable for tests only"
+        );
     }
 }
 
@@ -138,15 +197,59 @@ pub enum Command {
     /// Rewrite the database into a fresh file: reclaims space, and removes deleted
     /// documents and superseded keys from free pages.
     Compact,
+    /// Run the HTTPS API (`--dev`: zero-setup development server).
+    Serve(serve::ServeCmd),
+    /// Users: add, list, disable.
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Devices: issue certificates, list, revoke.
+    #[command(subcommand)]
+    Device(device::DeviceCmd),
+    /// Print the SPKI pins of the current and next server keys, for the app's pinning config.
+    Pins(pki::PinsCmd),
+    /// Server certificate management.
+    #[command(subcommand)]
+    Cert(pki::CertCmd),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
+}
+
+impl Command {
+    /// The subcommand as typed, for messages about which process holds the database.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Init(_) => "coffer init",
+            Self::Key(_) => "coffer key",
+            Self::Compact => "coffer compact",
+            Self::Serve(_) => "coffer serve",
+            Self::User(_) => "coffer user",
+            Self::Device(_) => "coffer device",
+            Self::Pins(_) => "coffer pins",
+            Self::Cert(_) => "coffer cert",
+            Self::Config(_) => "coffer config",
+        }
+    }
 }
 
 /// Runs a parsed command line; prints a one-line error on failure.
 pub fn run(cli: Cli) -> ExitCode {
     harden_process();
+    crate::app::set_process_name(cli.command.name());
     let result = match cli.command {
-        Command::Init(cmd) => cmd.run(&cli.global),
-        Command::Key(cmd) => cmd.run(&cli.global),
-        Command::Compact => compact::run(&cli.global),
+        // `config check` reports a broken configuration itself instead of failing on it.
+        Command::Config(cmd) => cmd.run(&cli.global),
+        command => cli.global.context().and_then(|ctx| match command {
+            Command::Init(cmd) => cmd.run(&ctx),
+            Command::Key(cmd) => cmd.run(&ctx),
+            Command::Compact => compact::run(&ctx),
+            Command::Serve(cmd) => cmd.run(&ctx),
+            Command::User(cmd) => cmd.run(&ctx),
+            Command::Device(cmd) => cmd.run(&ctx),
+            Command::Pins(cmd) => cmd.run(&ctx),
+            Command::Cert(cmd) => cmd.run(&ctx),
+            Command::Config(_) => Ok(()),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -439,6 +439,16 @@ pub fn flip_bit(bytes: &mut [u8], byte: usize, bit: u8) {
 /// What a keys directory holds: the key file and the (empty) lock file, nothing else.
 pub fn keys_dir_files(dirs: &TestDirs) -> Vec<PathBuf> {
     let mut files = vec![dirs.key_file(), dirs.paths.keys_dir.join(coffer::app::LOCK_FILE)];
+    // `coffer init` also writes the public PKI files (the library's bare init does not).
+    if dirs.paths.keys_dir.join(coffer::app::pki::CA_CERT_FILE).exists() {
+        for f in [
+            coffer::app::pki::CA_CERT_FILE,
+            coffer::app::pki::SERVER_CERT_FILE,
+            coffer::app::pki::SERVER_NEXT_PUB_FILE,
+        ] {
+            files.push(dirs.paths.keys_dir.join(f));
+        }
+    }
     files.sort();
     files
 }

@@ -1,0 +1,138 @@
+//! `coffer serve [--dev]`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::Context;
+use crate::app::dev;
+use crate::http::{ServerOptions, start};
+
+/// Where `serve --dev` listens unless told otherwise.
+const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8443);
+
+/// Run the HTTPS API.
+#[derive(Debug, Args)]
+pub struct ServeCmd {
+    /// Address to listen on [config: listen, env: COFFER_LISTEN; default 0.0.0.0:8443,
+    /// with --dev 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Zero-setup development server: creates ./keys and ./data if absent (development
+    /// passphrase, a demo member and its device credentials in keys/dev/) and prints curl
+    /// commands that work from this directory.
+    #[arg(long)]
+    dev: bool,
+}
+
+/// Quotes a path for a POSIX shell when it needs it.
+fn sh(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The URL base a client on this machine uses for `addr`.
+fn base_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) => format!("https://{v4}:{}", addr.port()),
+        IpAddr::V6(v6) => format!("https://[{v6}]:{}", addr.port()),
+    }
+}
+
+/// The two curl commands `serve --dev` prints: the first uploads the sample file and keeps
+/// the new document's id in `$ID`, the second fetches it.
+pub fn dev_curl_commands(keys_dir: &Path, addr: SocketAddr) -> [String; 2] {
+    let dir = keys_dir.join(dev::DEV_DIR);
+    let tls = format!(
+        "--cacert {} --cert {} --key {}",
+        sh(&keys_dir.join(crate::app::pki::CA_CERT_FILE)),
+        sh(&dir.join(dev::CLIENT_CERT)),
+        sh(&dir.join(dev::CLIENT_KEY)),
+    );
+    let url = base_url(addr);
+    [
+        format!(
+            "ID=$(curl -sS {tls} -H 'X-Coffer-Name: {name}' -H 'Content-Type: text/plain' \
+             --data-binary @{file} {url}/v1/documents | sed -n 's/.*\"id\":\"\\([0-9a-f]*\\)\".*/\\1/p'); echo \"uploaded document $ID\"",
+            name = dev::SAMPLE_FILE,
+            file = sh(&dir.join(dev::SAMPLE_FILE)),
+        ),
+        format!("curl -sS {tls} {url}/v1/documents/$ID"),
+    ]
+}
+
+impl ServeCmd {
+    pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        let paths = ctx.paths();
+        let default = if self.dev {
+            DEV_LISTEN
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 8443))
+        };
+        let listen = self.listen.unwrap_or(ctx.config.listen_or(default));
+        let vault = if self.dev {
+            let passphrase = match &ctx.passphrase_file {
+                Some(f) => crate::app::unlock::from_file(f)?,
+                None => dev::passphrase(&paths)?,
+            };
+            eprintln!("warning: development mode: a development passphrase and demo credentials are in use");
+            let (vault, report) = dev::prepare(
+                &paths,
+                &passphrase,
+                ctx.config.argon2.params(),
+                ctx.store_options(),
+                ctx.config.pki,
+            )?;
+            if report.initialised {
+                eprintln!("created {} and {}", paths.keys_dir.display(), paths.data_dir.display());
+            }
+            if report.issued_device {
+                eprintln!(
+                    "wrote demo device credentials to {}",
+                    dev::dev_dir(&paths).join(dev::CLIENT_CERT).display()
+                );
+            }
+            if !listen.ip().is_loopback() {
+                eprintln!("warning: the development server listens on {listen}, beyond this machine");
+            }
+            vault
+        } else {
+            ctx.open_vault()?
+        };
+        let server_cert = crate::app::pki::read_cert(&crate::app::pki::server_cert_path(&paths), "server.crt")?;
+        let info = crate::pki::cert_info(&server_cert, "server.crt")?;
+        let days_left = (info.not_after - crate::model::Timestamp::now().0 / 1000) / 86_400;
+        if days_left < 14 {
+            eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
+        }
+        let options = ServerOptions {
+            listen,
+            tls_min: ctx.config.tls.min_version,
+            max_upload_bytes: ctx.config.limits.max_upload_bytes,
+            max_page_size: ctx.config.limits.max_page_size,
+            workers: None,
+        };
+        let server = start(Arc::new(vault), options)?;
+        println!("coffer listening on {}", base_url(server.addr()));
+        if self.dev {
+            let [upload, fetch] = dev_curl_commands(&paths.keys_dir, server.addr());
+            println!("upload a file (from this directory):");
+            println!("  {upload}");
+            println!("fetch it back:");
+            println!("  {fetch}");
+        }
+        server.wait()?;
+        Ok(())
+    }
+}
