@@ -1,0 +1,290 @@
+//! A small blocking HTTP/1.1 client over rustls, for tests and the load bench. It gives
+//! exact control over what a real device does: which certificate it presents, which TLS
+//! versions it offers, whether it resumes sessions, and which requests share one
+//! keep-alive connection. Self-contained (benches include it by path).
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, SupportedProtocolVersion};
+
+/// TLS 1.3 only.
+pub const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+/// TLS 1.2 only.
+pub const TLS12_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+/// How a test client sets up TLS.
+pub struct ClientSetup<'a> {
+    /// CA certificate (PEM) the server certificate must chain to.
+    pub ca_pem: &'a str,
+    /// Client certificate and key (PEM), if the client presents one.
+    pub identity: Option<(&'a str, &'a str)>,
+    /// TLS versions offered.
+    pub versions: &'a [&'static SupportedProtocolVersion],
+    /// Keep a session cache so reconnects try to resume.
+    pub resumption: bool,
+}
+
+impl<'a> ClientSetup<'a> {
+    /// TLS 1.3, no resumption, with the given identity.
+    pub fn new(ca_pem: &'a str, identity: Option<(&'a str, &'a str)>) -> Self {
+        Self {
+            ca_pem,
+            identity,
+            versions: TLS13_ONLY,
+            resumption: false,
+        }
+    }
+
+    /// The rustls configuration (ring provider, as the server uses).
+    pub fn build(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(self.versions)
+            .expect("protocol versions")
+            .with_root_certificates(roots);
+        let mut config = match self.identity {
+            Some((cert_pem, key_pem)) => {
+                let certs: Vec<_> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .map(|c| c.expect("client certificate PEM"))
+                    .collect();
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("client key PEM");
+                builder.with_client_auth_cert(certs, key).expect("client identity")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        if !self.resumption {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        Arc::new(config)
+    }
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header named `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The problem `type` of an error response, without the `urn:coffer:problem:` prefix.
+    pub fn problem(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "status {}: {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        );
+        let kind = self.json()["type"].as_str().expect("problem type").to_owned();
+        kind.strip_prefix("urn:coffer:problem:")
+            .expect("problem type prefix")
+            .to_owned()
+    }
+}
+
+/// One TLS connection carrying keep-alive HTTP/1.1 requests.
+pub struct Connection {
+    stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
+    host: String,
+}
+
+impl Connection {
+    /// Connects and completes the handshake (an error here means the server refused it).
+    pub fn open(config: Arc<ClientConfig>, addr: SocketAddr, server_name: &str) -> io::Result<Self> {
+        let name = ServerName::try_from(server_name.to_owned()).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        // TLS 1.3 reports a refused client certificate only after the handshake: flush
+        // and poll once so the alert, if any, surfaces here.
+        stream.conn.complete_io(&mut stream.sock)?;
+        Ok(Self {
+            stream: BufReader::with_capacity(256 * 1024, stream),
+            host: server_name.to_owned(),
+        })
+    }
+
+    /// Whether the handshake was full or resumed.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.stream.get_ref().conn.handshake_kind()
+    }
+
+    /// The negotiated TLS version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.stream.get_ref().conn.protocol_version()
+    }
+
+    fn write_head(&mut self, method: &str, path: &str, headers: &[(&str, &str)], len: Option<u64>) -> io::Result<()> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if let Some(len) = len {
+            head.push_str(&format!("content-length: {len}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.stream.get_mut().write_all(head.as_bytes())
+    }
+
+    /// Sends a request with a body held in memory and reads the whole response.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+        let len = if body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE") {
+            None
+        } else {
+            Some(body.len() as u64)
+        };
+        self.write_head(method, path, headers, len)?;
+        self.stream.get_mut().write_all(body)?;
+        self.stream.get_mut().flush()?;
+        let mut out = Vec::new();
+        let (status, headers) = self.read_response(method == "HEAD", |b| out.extend_from_slice(b))?;
+        Ok(Response {
+            status,
+            headers,
+            body: out,
+        })
+    }
+
+    /// Sends `len` bytes from `body` in pieces of `piece` bytes (the body is never whole in
+    /// memory), with `Content-Length`, and reads the whole response.
+    pub fn request_streamed(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        len: u64,
+        mut body: impl Read,
+        piece: usize,
+    ) -> io::Result<Response> {
+        self.write_head(method, path, headers, Some(len))?;
+        let mut buf = vec![0u8; piece.max(1)];
+        let mut left = len;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = body.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body source ended early"));
+            }
+            match self.stream.get_mut().write_all(&buf[..n]) {
+                Ok(()) => {}
+                // The server may answer (413) and close before the body is through.
+                Err(_) => break,
+            }
+            left -= n as u64;
+        }
+        let _ = self.stream.get_mut().flush();
+        let mut out = Vec::new();
+        let (status, headers) = self.read_response(false, |b| out.extend_from_slice(b))?;
+        Ok(Response {
+            status,
+            headers,
+            body: out,
+        })
+    }
+
+    /// Sends a request without a body and hands the response body to `sink` piece by piece.
+    pub fn get_streamed(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        sink: impl FnMut(&[u8]),
+    ) -> io::Result<(u16, Vec<(String, String)>)> {
+        self.write_head("GET", path, headers, None)?;
+        self.stream.get_mut().flush()?;
+        self.read_response(false, sink)
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        let mut line = String::new();
+        if self.stream.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn read_response(&mut self, head: bool, mut sink: impl FnMut(&[u8])) -> io::Result<(u16, Vec<(String, String)>)> {
+        let status_line = self.read_line()?;
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            if line.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        if head || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Ok((status, headers));
+        }
+        if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let size_line = self.read_line()?;
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| io::Error::other(format!("bad chunk size {size_line:?}")))?;
+                if size == 0 {
+                    while !self.read_line()?.is_empty() {}
+                    break;
+                }
+                self.copy_exact(size as u64, &mut sink)?;
+                self.read_line()?;
+            }
+        } else if let Some(len) = get("content-length") {
+            let len: u64 = len.parse().map_err(|_| io::Error::other("bad content-length"))?;
+            self.copy_exact(len, &mut sink)?;
+        } else {
+            let mut buf = Vec::new();
+            self.stream.read_to_end(&mut buf)?;
+            sink(&buf);
+        }
+        Ok((status, headers))
+    }
+
+    fn copy_exact(&mut self, mut len: u64, sink: &mut impl FnMut(&[u8])) -> io::Result<()> {
+        while len > 0 {
+            let buf = self.stream.fill_buf()?;
+            if buf.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+            }
+            let n = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+            sink(&buf[..n]);
+            self.stream.consume(n);
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
