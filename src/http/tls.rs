@@ -16,15 +16,21 @@ use crate::pki::KeyDer;
 #[error("TLS configuration: {0}")]
 pub struct TlsError(String);
 
+/// TLS 1.2 suites accepted when the config opts into TLS 1.2: ECDHE key exchange with an
+/// AEAD, ECDSA only (the server key is P-256, so RSA suites could never be chosen anyway).
+const TLS12_SUITES: [rustls::SupportedCipherSuite; 3] = [
+    rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
 /// The crypto provider coffer uses everywhere (ring), with the suites the config allows.
 pub fn provider(min: TlsVersion) -> rustls::crypto::CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
-    // TLS 1.2 suites: only ECDHE key exchange with an AEAD (GCM or ChaCha20-Poly1305).
     provider.cipher_suites.retain(|s| match s {
         rustls::SupportedCipherSuite::Tls13(_) => true,
-        rustls::SupportedCipherSuite::Tls12(t) => {
-            let name = format!("{:?}", t.common.suite);
-            min == TlsVersion::Tls12 && name.contains("ECDHE") && (name.contains("GCM") || name.contains("CHACHA20"))
+        rustls::SupportedCipherSuite::Tls12(_) => {
+            min == TlsVersion::Tls12 && TLS12_SUITES.iter().any(|a| a.suite() == s.suite())
         }
     });
     provider
@@ -63,4 +69,37 @@ pub fn server_config(
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls12_suites(min: TlsVersion) -> Vec<String> {
+        provider(min)
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .map(|s| format!("{:?}", s.suite()))
+            .collect()
+    }
+
+    #[test]
+    fn tls12_suites_only_when_opted_in_and_only_ecdhe_aead() {
+        assert!(tls12_suites(TlsVersion::Tls13).is_empty());
+        let suites = tls12_suites(TlsVersion::Tls12);
+        assert_eq!(suites.len(), 3, "{suites:?}");
+        assert!(
+            suites
+                .iter()
+                .all(|s| s.contains("ECDHE_ECDSA") && (s.contains("GCM") || s.contains("CHACHA20"))),
+            "{suites:?}"
+        );
+        assert!(
+            provider(TlsVersion::Tls13)
+                .cipher_suites
+                .iter()
+                .any(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
+        );
+    }
 }
