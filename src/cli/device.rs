@@ -75,7 +75,10 @@ impl IssueCmd {
             .user_by_name(&self.user)?
             .ok_or_else(|| anyhow::anyhow!("no user named {:?} (add it with `coffer user add`)", self.user))?;
         let name = self.name.unwrap_or_else(|| format!("device of {}", user.body.name));
-        durable::create_private_dir(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
+        // A directory made here is owner-only; an existing one keeps its permissions.
+        if !self.out.is_dir() {
+            durable::create_private_dir(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
+        }
         let issued = vault.issue_device(user.id, &name, ctx.config.pki.device_days)?;
         let flavour = if self.legacy_p12 {
             P12Flavour::Legacy

@@ -123,9 +123,9 @@ impl Connection {
         while stream.conn.is_handshaking() {
             stream.conn.complete_io(&mut stream.sock)?;
         }
-        // TLS 1.3 reports a refused client certificate only after the handshake: flush
-        // and poll once so the alert, if any, surfaces here.
-        stream.conn.complete_io(&mut stream.sock)?;
+        // With TLS 1.3 the client finishes its handshake before the server has checked its
+        // certificate: a refusal (an alert) surfaces on the first read, i.e. the first
+        // request. (Polling here would block: the server sends nothing unasked.)
         Ok(Self {
             stream: BufReader::with_capacity(256 * 1024, stream),
             host: server_name.to_owned(),

@@ -1,0 +1,655 @@
+//! `coffer serve --dev`, the zero-setup development server, driven as the real binary in
+//! an empty working directory: what it creates, what it prints, that the printed curl
+//! commands work, that later starts reuse everything, and how admin commands behave next
+//! to it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a start may take (init, certificates and the demo device on the first).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a graceful stop may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A `coffer` command in `dir` with nothing from the caller's environment that could
+/// choose a configuration, directories or a passphrase, and cheap argon2id.
+fn coffer_in(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer"));
+    for (name, _) in coffer::config::ENV_KEYS {
+        cmd.env_remove(name);
+    }
+    for name in [
+        coffer::config::CONFIG_ENV,
+        "COFFER_PASSPHRASE",
+        "COFFER_PASSPHRASE_FILE",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.env("COFFER_KDF_MEMORY_KIB", "64")
+        .env("COFFER_KDF_ITERATIONS", "1")
+        .env("COFFER_KDF_PARALLELISM", "1")
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running `coffer serve --dev`; dropping it kills the process and waits for it.
+struct DevServer {
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    /// Further stdout lines, as they arrive.
+    stdout_lines: Receiver<String>,
+    /// The address printed on the first line.
+    addr: SocketAddr,
+    /// The two indented commands, without their indentation.
+    upload: String,
+    fetch: String,
+}
+
+impl DevServer {
+    /// Starts `coffer serve --dev --listen 127.0.0.1:0` in `dir` with extra `env`, and
+    /// reads what it prints until the fetch command.
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = coffer_in(dir)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start coffer serve --dev");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut server = Self {
+            child: Some(child),
+            stderr,
+            stdout_lines: rx,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            upload: String::new(),
+            fetch: String::new(),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut lines = Vec::new();
+        while lines.len() < 5 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match server.stdout_lines.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "serve --dev printed only {lines:?} within {START_TIMEOUT:?}; stderr: {}",
+                    server.stderr()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = server.child.as_mut().unwrap().wait().unwrap();
+                    // Let the stderr thread catch up.
+                    std::thread::sleep(Duration::from_millis(100));
+                    panic!(
+                        "serve --dev ended ({status}) after printing {lines:?}; stderr: {}",
+                        server.stderr()
+                    );
+                }
+            }
+        }
+        let url = lines[0]
+            .strip_prefix("coffer listening on https://")
+            .unwrap_or_else(|| panic!("first line: {lines:?}"));
+        server.addr = url.parse().unwrap_or_else(|e| panic!("address {url:?}: {e}"));
+        assert!(server.addr.ip().is_loopback() && server.addr.port() != 0, "{lines:?}");
+        assert_eq!(lines[1], "upload a file (from this directory):", "{lines:?}");
+        assert_eq!(lines[3], "fetch it back:", "{lines:?}");
+        let indented = |l: &str| {
+            l.strip_prefix("  ")
+                .filter(|c| c.starts_with("curl ") || c.starts_with("ID=$(curl "))
+                .unwrap_or_else(|| panic!("not an indented curl command: {l:?}"))
+                .to_owned()
+        };
+        server.upload = indented(&lines[2]);
+        server.fetch = indented(&lines[4]);
+        let port = format!(":{}", server.addr.port());
+        assert!(
+            server.upload.contains(&port) && server.fetch.contains(&port),
+            "the commands do not use the listening port: {lines:?}"
+        );
+        server
+    }
+
+    /// What the server wrote on stderr so far.
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stops the server as Ctrl-C/systemd would (SIGTERM) and waits for it to exit.
+    fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM)
+            .expect("send SIGTERM");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "serve --dev did not stop within {STOP_TIMEOUT:?} of SIGTERM; stderr: {}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        (status, self.stderr())
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn have_curl() -> bool {
+    Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The development files, relative to the working directory.
+const DEV_FILES: [&str; 5] = [
+    "keys/dev/passphrase",
+    "keys/dev/password",
+    "keys/dev/client.crt",
+    "keys/dev/client.key",
+    "keys/dev/hello.txt",
+];
+
+/// Everything a later start must reuse, byte for byte.
+const KEPT_FILES: [&str; 9] = [
+    "keys/master.key",
+    "keys/ca.crt",
+    "keys/server.crt",
+    "keys/server-next.pub",
+    "keys/dev/passphrase",
+    "keys/dev/password",
+    "keys/dev/client.crt",
+    "keys/dev/client.key",
+    "keys/dev/hello.txt",
+];
+
+fn snapshot(dir: &Path, files: &[&str]) -> Vec<(PathBuf, Vec<u8>)> {
+    files
+        .iter()
+        .map(|f| {
+            let p = dir.join(f);
+            let bytes = file_bytes(&p);
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// The demo device's credentials, read from `dir`, and a minimal HTTPS/1.1 client that
+/// uses them (one request per connection, `Connection: close`).
+struct DemoClient {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+/// A response: status and body.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl DemoClient {
+    fn read(dir: &Path) -> Self {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        Self {
+            ca: read("keys/ca.crt"),
+            cert: read("keys/dev/client.crt"),
+            key: read("keys/dev/client.key"),
+        }
+    }
+
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA certificate");
+        }
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(self.cert.as_bytes())
+            .map(|c| c.expect("client certificate PEM"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).expect("client key PEM");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client identity");
+        Arc::new(config)
+    }
+
+    /// One request to `addr`; the server certificate must name 127.0.0.1.
+    fn request(&self, addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        use std::io::Write;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(self.config(), name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).expect("connect to the dev server");
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+        for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        tls.write_all(head.as_bytes()).expect("send request head");
+        tls.write_all(body).expect("send request body");
+        tls.flush().unwrap();
+        let mut raw = Vec::new();
+        match tls.read_to_end(&mut raw) {
+            Ok(_) => {}
+            // A server that closes without close_notify: the response is complete if it parses.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => panic!("reading the response: {e}"),
+        }
+        parse_response(&raw)
+    }
+}
+
+/// Parses an HTTP/1.1 response read to the end (Content-Length or chunked body).
+fn parse_response(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response head: {}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let rest = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let body = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = rest;
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+            let size_text = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).expect("chunk size");
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            assert!(rest.len() >= size + 2, "truncated chunk");
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+        out
+    } else {
+        let body = match header("content-length") {
+            Some(len) => {
+                let len: usize = len.parse().expect("content-length");
+                assert!(rest.len() >= len, "truncated body: {} of {len} bytes", rest.len());
+                &rest[..len]
+            }
+            None => rest,
+        };
+        body.to_vec()
+    };
+    Reply { status, body }
+}
+
+/// The device id in the demo client certificate (its common name).
+fn demo_device_id(dir: &Path) -> String {
+    let pem = std::fs::read_to_string(dir.join("keys/dev/client.crt")).unwrap();
+    let der = coffer::pki::from_pem(&pem, "CERTIFICATE", "client.crt").unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .expect("a common name")
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn printed_curl_commands_upload_and_fetch_the_sample_file() {
+    if !have_curl() {
+        eprintln!("curl is not on PATH: skipping printed_curl_commands_upload_and_fetch_the_sample_file");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = DevServer::start(d, &[]);
+
+    // What the first start created.
+    for f in DEV_FILES
+        .iter()
+        .chain(&["keys/ca.crt", "keys/master.key", "data/coffer.redb"])
+    {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(mode(&d.join("keys/dev/passphrase")), 0o600, "passphrase file mode");
+    assert_eq!(mode(&d.join("keys/dev/client.key")), 0o600, "client key mode");
+    assert_eq!(mode(&d.join("keys/dev/password")), 0o600, "password file mode");
+    assert_eq!(file_bytes(&d.join("keys/dev/hello.txt")), b"Hello from coffer.\n");
+    let stderr = server.stderr();
+    assert!(stderr.contains("development mode"), "no development warning: {stderr}");
+
+    // The commands, verbatim, in the server's working directory.
+    let script = format!("{}\n{}", server.upload, server.fetch);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(d)
+        .env_remove("CURL_HOME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the printed commands failed ({}):\n{script}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let id = lines
+        .next()
+        .and_then(|l| l.strip_prefix("uploaded document "))
+        .unwrap_or_else(|| panic!("no upload line: {stdout}\nstderr: {}", text(&out.stderr)));
+    assert!(
+        is_hex_id(id),
+        "not a document id {id:?}: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let fetched: String = lines.map(|l| format!("{l}\n")).collect();
+    assert_eq!(fetched, "Hello from coffer.\n", "fetched content: {stdout}");
+    assert_eq!(stdout, format!("uploaded document {id}\nHello from coffer.\n"));
+    assert!(out.stderr.is_empty(), "curl complained: {}", text(&out.stderr));
+
+    // The same document through an independent client, byte for byte.
+    let client = DemoClient::read(d);
+    let res = client.request(server.addr, "GET", &format!("/v1/documents/{id}"), &[], b"");
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, b"Hello from coffer.\n");
+    let meta = client.request(server.addr, "GET", &format!("/v1/documents/{id}/meta"), &[], b"");
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.json()["name"], "hello.txt");
+}
+
+#[test]
+fn a_second_start_reuses_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = DevServer::start(d, &[]);
+    let content = pattern(7, 200_000);
+    let client = DemoClient::read(d);
+    let res = client.request(
+        first.addr,
+        "POST",
+        "/v1/documents",
+        &[
+            ("X-Coffer-Name", "notes.bin"),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &content,
+    );
+    assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
+    let id = res.json()["id"].as_str().expect("document id").to_owned();
+    let res = client.request(first.addr, "GET", &format!("/v1/documents/{id}"), &[], b"");
+    assert_eq!(res.status, 200);
+    assert!(res.body == content, "the document does not read back");
+    let kept = snapshot(d, &KEPT_FILES);
+    let (status, stderr) = first.stop();
+    assert!(
+        stderr.contains("created"),
+        "the first start did not say it created: {stderr}"
+    );
+    assert!(
+        stderr.contains("wrote demo device credentials"),
+        "the first start did not issue credentials: {stderr}"
+    );
+    eprintln!("first dev server stopped: {status}");
+
+    let second = DevServer::start(d, &[]);
+    for (path, bytes) in &kept {
+        assert_file_unchanged(path, bytes, "second serve --dev");
+    }
+    // The credentials read before the restart still work, and the document is there.
+    let res = client.request(second.addr, "GET", &format!("/v1/documents/{id}"), &[], b"");
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    assert!(res.body == content, "the document changed across the restart");
+    let (_, stderr) = second.stop();
+    assert!(
+        !stderr.contains("created") && !stderr.contains("wrote demo device credentials"),
+        "the second start made something new: {stderr}"
+    );
+    for (path, bytes) in &kept {
+        assert_file_unchanged(path, bytes, "after the second serve --dev");
+    }
+
+    // Still exactly one demo device and one user.
+    let out = coffer_in(d).args(["device", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
+    let out = coffer_in(d).args(["user", "list"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
+}
+
+fn user_list_with(dir: &Path, passphrase: Option<&str>) -> Output {
+    let mut cmd = coffer_in(dir);
+    if let Some(p) = passphrase {
+        cmd.env("COFFER_PASSPHRASE", p);
+    }
+    cmd.args(["user", "list"]).output().unwrap()
+}
+
+#[test]
+fn coffer_passphrase_is_used_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = DevServer::start(d, &[("COFFER_PASSPHRASE", PASSPHRASE)]);
+    assert!(
+        !d.join("keys/dev/passphrase").exists(),
+        "a development passphrase file was written although COFFER_PASSPHRASE is set"
+    );
+    for f in [
+        "keys/dev/client.crt",
+        "keys/dev/client.key",
+        "keys/dev/hello.txt",
+        "keys/master.key",
+    ] {
+        assert!(d.join(f).is_file(), "{f} missing");
+    }
+    // It serves.
+    let res = DemoClient::read(d).request(server.addr, "GET", "/v1/documents", &[], b"");
+    assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
+    server.stop();
+    assert!(!d.join("keys/dev/passphrase").exists());
+
+    // The key file is sealed under that passphrase.
+    let out = user_list_with(d, Some(PASSPHRASE));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("demo"), "{}", text(&out.stdout));
+    let out = user_list_with(d, Some(WRONG_PASSPHRASE));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = user_list_with(d, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no passphrase"), "{}", text(&out.stderr));
+
+    // A later start with the same variable reuses the coffer.
+    let key_file = file_bytes(&d.join("keys/master.key"));
+    let server = DevServer::start(d, &[("COFFER_PASSPHRASE", PASSPHRASE)]);
+    assert_file_unchanged(&d.join("keys/master.key"), &key_file, "second start");
+    drop(server);
+}
+
+#[test]
+fn admin_commands_are_refused_while_it_runs_and_work_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = DevServer::start(d, &[]);
+
+    let out = coffer_in(d).args(["device", "list"]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "device list next to a running server: {stderr}"
+    );
+    assert!(
+        stderr.contains("coffer serve") && stderr.contains("holds the database"),
+        "the message does not say the server holds the database: {stderr}"
+    );
+    // A second dev server in the same directory is refused the same way.
+    let out = coffer_in(d)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a second serve --dev: {stderr}");
+    assert!(stderr.contains("holds the database"), "{stderr}");
+    // `pins` needs no lock.
+    let out = coffer_in(d).arg("pins").output().unwrap();
+    assert!(
+        out.status.success(),
+        "pins next to a running server: {}",
+        text(&out.stderr)
+    );
+
+    server.stop();
+    let out = coffer_in(d).args(["device", "list"]).output().unwrap();
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "device list after the server stopped: {stderr}");
+    assert!(
+        stderr.contains("development passphrase"),
+        "no warning about the development passphrase: {stderr}"
+    );
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    let words: Vec<&str> = rows[0].split_whitespace().collect();
+    assert_eq!(words[0], demo_device_id(d), "{stdout}");
+    assert_eq!(words[1], "demo", "{stdout}");
+    assert_eq!(words[2], "active", "{stdout}");
+    assert!(rows[0].ends_with("development device"), "{stdout}");
+}
+
+#[test]
+fn an_existing_coffer_without_the_dev_passphrase_is_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = coffer_in(d)
+        .env("COFFER_PASSPHRASE", PASSPHRASE)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key_file = file_bytes(&d.join("keys/master.key"));
+
+    let mut child = coffer_in(d)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + START_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve --dev kept running over a coffer it cannot unlock");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("passphrase"), "{stderr}");
+    assert!(
+        !d.join("keys/dev/passphrase").exists(),
+        "a new development passphrase was written"
+    );
+    assert_file_unchanged(
+        &d.join("keys/master.key"),
+        &key_file,
+        "serve --dev without the passphrase",
+    );
+}
