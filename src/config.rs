@@ -86,6 +86,18 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Most documents in one page of `GET /v1/documents`.
     pub max_page_size: u32,
+    /// Most open connections (TLS handshakes included) over all workers.
+    pub max_connections: u32,
+    /// Most uploads in progress at once, over all devices.
+    pub max_uploads: u32,
+    /// Most downloads and listings in progress at once, over all devices.
+    pub max_downloads: u32,
+    /// Most uploads plus downloads in progress at once for one device.
+    pub max_transfers_per_device: u32,
+    /// Seconds a client may take to send a request's headers.
+    pub header_timeout_secs: u32,
+    /// Seconds a request body may stall (no bytes arriving) before the request fails.
+    pub body_idle_timeout_secs: u32,
 }
 
 impl Default for Limits {
@@ -93,6 +105,12 @@ impl Default for Limits {
         Self {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_page_size: 500,
+            max_connections: 1024,
+            max_uploads: 32,
+            max_downloads: 64,
+            max_transfers_per_device: 6,
+            header_timeout_secs: 10,
+            body_idle_timeout_secs: 30,
         }
     }
 }
@@ -200,6 +218,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_TLS_MIN_VERSION", "tls.min_version"),
     ("COFFER_MAX_UPLOAD_BYTES", "limits.max_upload_bytes"),
     ("COFFER_MAX_PAGE_SIZE", "limits.max_page_size"),
+    ("COFFER_MAX_CONNECTIONS", "limits.max_connections"),
+    ("COFFER_MAX_UPLOADS", "limits.max_uploads"),
+    ("COFFER_MAX_DOWNLOADS", "limits.max_downloads"),
+    ("COFFER_MAX_TRANSFERS_PER_DEVICE", "limits.max_transfers_per_device"),
+    ("COFFER_HEADER_TIMEOUT_SECS", "limits.header_timeout_secs"),
+    ("COFFER_BODY_IDLE_TIMEOUT_SECS", "limits.body_idle_timeout_secs"),
     ("COFFER_KDF_MEMORY_KIB", "argon2.memory_kib"),
     ("COFFER_KDF_ITERATIONS", "argon2.iterations"),
     ("COFFER_KDF_PARALLELISM", "argon2.parallelism"),
@@ -281,6 +305,12 @@ impl Config {
                 }
                 "COFFER_MAX_UPLOAD_BYTES" => self.limits.max_upload_bytes = parse(name, &value)?,
                 "COFFER_MAX_PAGE_SIZE" => self.limits.max_page_size = parse(name, &value)?,
+                "COFFER_MAX_CONNECTIONS" => self.limits.max_connections = parse(name, &value)?,
+                "COFFER_MAX_UPLOADS" => self.limits.max_uploads = parse(name, &value)?,
+                "COFFER_MAX_DOWNLOADS" => self.limits.max_downloads = parse(name, &value)?,
+                "COFFER_MAX_TRANSFERS_PER_DEVICE" => self.limits.max_transfers_per_device = parse(name, &value)?,
+                "COFFER_HEADER_TIMEOUT_SECS" => self.limits.header_timeout_secs = parse(name, &value)?,
+                "COFFER_BODY_IDLE_TIMEOUT_SECS" => self.limits.body_idle_timeout_secs = parse(name, &value)?,
                 "COFFER_KDF_MEMORY_KIB" => self.argon2.memory_kib = parse(name, &value)?,
                 "COFFER_KDF_ITERATIONS" => self.argon2.iterations = parse(name, &value)?,
                 "COFFER_KDF_PARALLELISM" => self.argon2.parallelism = parse(name, &value)?,
@@ -309,6 +339,25 @@ impl Config {
         }
         if !(1..=10_000).contains(&self.limits.max_page_size) {
             return invalid("limits.max_page_size", "must be 1 to 10000");
+        }
+        let l = &self.limits;
+        if !(1..=1_000_000).contains(&l.max_connections) {
+            return invalid("limits.max_connections", "must be 1 to 1000000");
+        }
+        if !(1..=10_000).contains(&l.max_uploads) {
+            return invalid("limits.max_uploads", "must be 1 to 10000");
+        }
+        if !(1..=10_000).contains(&l.max_downloads) {
+            return invalid("limits.max_downloads", "must be 1 to 10000");
+        }
+        if !(1..=1_000).contains(&l.max_transfers_per_device) {
+            return invalid("limits.max_transfers_per_device", "must be 1 to 1000");
+        }
+        if !(1..=3_600).contains(&l.header_timeout_secs) {
+            return invalid("limits.header_timeout_secs", "must be 1 to 3600");
+        }
+        if !(1..=3_600).contains(&l.body_idle_timeout_secs) {
+            return invalid("limits.body_idle_timeout_secs", "must be 1 to 3600");
         }
         if let Err(e) = self.argon2.params().validate() {
             return invalid("argon2", &e.to_string());

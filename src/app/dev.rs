@@ -55,6 +55,12 @@ pub enum DevError {
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The keys directory holds a coffer that `serve --dev` did not make.
+    #[error(
+        "{0} holds a coffer that was not made by `coffer serve --dev` (there is no {0}/dev): \
+         `--dev` would add a demo user with a key in clear; run `coffer serve` without --dev"
+    )]
+    NotDevelopment(String),
 }
 
 /// `keys/dev/`.
@@ -129,6 +135,10 @@ pub fn prepare(
     pki: crate::config::PkiConfig,
 ) -> Result<(Vault, DevReport), DevError> {
     let mut report = DevReport::default();
+    if paths.key_file().exists() && !dev_dir(paths).is_dir() {
+        // Never add a demo user with a key in clear to a coffer someone made for real.
+        return Err(DevError::NotDevelopment(paths.keys_dir.display().to_string()));
+    }
     if !paths.key_file().exists() {
         let plan = PkiPlan {
             sans: ["localhost", "127.0.0.1", "::1"]

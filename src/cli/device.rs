@@ -70,14 +70,35 @@ impl IssueCmd {
             }
         };
         let password_text = std::str::from_utf8(password.expose()).context("the PKCS#12 password must be UTF-8")?;
+        if password.char_count() < super::user::MIN_PASSWORD_CHARS {
+            anyhow::bail!(
+                "the PKCS#12 password is too short: use at least {} characters (it protects the device key)",
+                super::user::MIN_PASSWORD_CHARS
+            );
+        }
         let vault = ctx.open_vault()?;
         let user = vault
             .user_by_name(&self.user)?
             .ok_or_else(|| anyhow::anyhow!("no user named {:?} (add it with `coffer user add`)", self.user))?;
         let name = self.name.unwrap_or_else(|| format!("device of {}", user.body.name));
-        // A directory made here is owner-only; an existing one keeps its permissions.
-        if !self.out.is_dir() {
-            durable::create_private_dir(&self.out).with_context(|| format!("cannot create {}", self.out.display()))?;
+        // A directory made here is owner-only; an existing one keeps its permissions but
+        // must be ours and not writable by others, or someone could swap the files before
+        // they are handed out.
+        match std::fs::symlink_metadata(&self.out) {
+            Ok(meta) => {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                if !meta.is_dir() {
+                    anyhow::bail!("{} exists and is not a directory", self.out.display());
+                }
+                if meta.uid() != rustix::process::geteuid().as_raw() || meta.permissions().mode() & 0o022 != 0 {
+                    anyhow::bail!(
+                        "{} is not owned by this user or is writable by others: use a directory of your own",
+                        self.out.display()
+                    );
+                }
+            }
+            Err(_) => durable::create_private_dir(&self.out)
+                .with_context(|| format!("cannot create {}", self.out.display()))?,
         }
         let issued = vault.issue_device(user.id, &name, ctx.config.pki.device_days)?;
         let flavour = if self.legacy_p12 {

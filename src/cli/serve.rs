@@ -16,8 +16,8 @@ const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 
 /// Run the HTTPS API.
 #[derive(Debug, Args)]
 pub struct ServeCmd {
-    /// Address to listen on [config: listen, env: COFFER_LISTEN; default 0.0.0.0:8443,
-    /// with --dev 127.0.0.1:8443].
+    /// Address to listen on [config: listen, env: COFFER_LISTEN; default 0.0.0.0:8443;
+    /// with --dev only this flag counts, default 127.0.0.1:8443].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Zero-setup development server: creates ./keys and ./data if absent (development
@@ -72,6 +72,27 @@ pub fn dev_curl_commands(keys_dir: &Path, addr: SocketAddr) -> [String; 2] {
     ]
 }
 
+/// Raises the soft limit on open files to the hard limit: every connection is a
+/// descriptor, and the usual soft limit (1024) is below what `max_connections` allows.
+fn raise_open_files(max_connections: u32) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let wanted = u64::from(max_connections) + 256;
+    if limit.current.is_some_and(|c| c < wanted) {
+        limit.current = limit.maximum;
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            eprintln!("warning: could not raise the open-file limit; connections may be refused early");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if now.is_some_and(|c| c < wanted) {
+        eprintln!(
+            "warning: the open-file limit ({}) is below limits.max_connections + 256; raise LimitNOFILE",
+            now.unwrap_or(0)
+        );
+    }
+}
+
 impl ServeCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
         let paths = ctx.paths();
@@ -119,10 +140,10 @@ impl ServeCmd {
         let options = ServerOptions {
             listen,
             tls_min: ctx.config.tls.min_version,
-            max_upload_bytes: ctx.config.limits.max_upload_bytes,
-            max_page_size: ctx.config.limits.max_page_size,
+            limits: ctx.config.limits.clone(),
             workers: None,
         };
+        raise_open_files(ctx.config.limits.max_connections);
         let server = start(Arc::new(vault), options)?;
         println!("coffer listening on {}", base_url(server.addr()));
         if self.dev {

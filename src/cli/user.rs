@@ -36,7 +36,8 @@ pub struct AddCmd {
     /// Role: member (staff with the app), admin (sees every document), integration (ERP service).
     #[arg(long, value_name = "ROLE")]
     role: Role,
-    /// Read the password from this file (first line) instead of the terminal.
+    /// Read the password from this file (all of it, without one trailing newline) instead
+    /// of the terminal.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
 }

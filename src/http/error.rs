@@ -40,6 +40,10 @@ pub enum Reason {
     PayloadTooLarge,
     /// The requested byte range lies outside the document.
     RangeNotSatisfiable,
+    /// The request body stalled for longer than the idle timeout.
+    RequestTimeout,
+    /// Too many uploads or downloads in progress (for this device or overall); retry later.
+    TooManyTransfers,
     /// Stored data failed its integrity check.
     IntegrityError,
     /// The server is busy (database maintenance); retry later.
@@ -61,6 +65,8 @@ impl Reason {
             Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
             Self::IntegrityError | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -81,10 +87,28 @@ impl Reason {
             Self::InvalidRequest => "invalid-request",
             Self::PayloadTooLarge => "payload-too-large",
             Self::RangeNotSatisfiable => "range-not-satisfiable",
+            Self::RequestTimeout => "request-timeout",
+            Self::TooManyTransfers => "too-many-transfers",
             Self::IntegrityError => "integrity-error",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal-error",
         }
+    }
+
+    /// Whether the connection is closed after this answer: every authentication failure
+    /// (so a client without a valid device cannot keep a connection busy), and the
+    /// answers sent before a request body was read through.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Self::ClientCertificateRequired
+                | Self::DeviceUnknown
+                | Self::DeviceRevoked
+                | Self::DeviceExpired
+                | Self::UserDisabled
+                | Self::PayloadTooLarge
+                | Self::RequestTimeout
+        )
     }
 
     /// Short human-readable summary.
@@ -102,6 +126,8 @@ impl Reason {
             Self::InvalidRequest => "Invalid request",
             Self::PayloadTooLarge => "Payload too large",
             Self::RangeNotSatisfiable => "Range not satisfiable",
+            Self::RequestTimeout => "The request body stalled",
+            Self::TooManyTransfers => "Too many transfers in progress",
             Self::IntegrityError => "Stored data failed its integrity check",
             Self::Unavailable => "Temporarily unavailable",
             Self::Internal => "Internal error",
@@ -118,6 +144,8 @@ pub struct Problem {
     pub detail: Option<String>,
     /// For `416`: the document size, sent as `Content-Range: bytes */size`.
     pub size: Option<u64>,
+    /// For `405`: the methods the resource supports, sent as `Allow`.
+    pub allow: Option<&'static str>,
 }
 
 impl Problem {
@@ -127,6 +155,7 @@ impl Problem {
             reason,
             detail: None,
             size: None,
+            allow: None,
         }
     }
 
@@ -136,6 +165,7 @@ impl Problem {
             reason,
             detail: Some(detail.into()),
             size: None,
+            allow: None,
         }
     }
 }
@@ -177,9 +207,16 @@ impl ResponseError for Problem {
         if let Some(size) = self.size {
             res.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
         }
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body is not read: the connection cannot be reused.
-            res.insert_header((header::CONNECTION, HeaderValue::from_static("close")));
+        if self.reason.closes_connection() {
+            // Whatever is left of the request body is not read, and an unauthenticated
+            // client gets nothing more on this connection.
+            res.force_close();
+        }
+        if let Some(allow) = self.allow {
+            res.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+        }
+        if self.reason == Reason::TooManyTransfers {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
         res.json(body)
     }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 mod routes;
 pub mod tls;
 
@@ -13,7 +14,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::app::Vault;
 use crate::app::pki::PkiFileError;
-use crate::config::TlsVersion;
+use crate::config::{Limits, TlsVersion};
 
 /// What the server needs besides the vault.
 #[derive(Clone, Debug)]
@@ -22,10 +23,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// Lowest TLS version.
     pub tls_min: TlsVersion,
-    /// Largest document accepted, bytes.
-    pub max_upload_bytes: u64,
-    /// Most documents per listing page.
-    pub max_page_size: u32,
+    /// Sizes, counts and timeouts (`[limits]` of the configuration).
+    pub limits: Limits,
     /// Worker threads (default: one per CPU core).
     pub workers: Option<usize>,
 }
@@ -36,6 +35,8 @@ pub struct State {
     pub vault: Arc<Vault>,
     /// Server options.
     pub options: ServerOptions,
+    /// Transfer slots.
+    pub transfers: Arc<limits::Transfers>,
 }
 
 /// The server could not start.
@@ -106,18 +107,31 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         source,
     })?;
     let addr = listener.local_addr()?;
+    let l = &options.limits;
+    let transfers = limits::Transfers::new(l.max_uploads, l.max_downloads, l.max_transfers_per_device);
+    let workers = options
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+        .max(1);
+    // actix counts connections per worker.
+    let per_worker = (l.max_connections as usize).div_ceil(workers).max(1);
+    let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
     let state = web::Data::new(State {
         vault,
         options: options.clone(),
+        transfers,
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-                .on_connect(auth::on_connect);
-            if let Some(n) = options.workers {
-                server = server.workers(n);
-            }
+            let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+                .on_connect(auth::on_connect)
+                .workers(workers)
+                .max_connections(per_worker)
+                // Also bounds the TLS handshake; a stalled body is bounded per read in the
+                // upload handler.
+                .client_request_timeout(header_timeout)
+                .client_disconnect_timeout(std::time::Duration::from_secs(1));
             let server = match server.listen_rustls_0_23(listener, tls) {
                 Ok(s) => s.run(),
                 Err(e) => {

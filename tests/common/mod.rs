@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod server;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

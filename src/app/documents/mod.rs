@@ -146,6 +146,46 @@ pub struct Listing {
     pub damaged: Vec<DocumentId>,
 }
 
+/// The result of [`Vault::list_page`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The page, newest first.
+    pub documents: Vec<DocumentInfo>,
+    /// More documents follow the last one.
+    pub more: bool,
+    /// Documents whose key or metadata failed the integrity check (left out).
+    pub damaged: Vec<DocumentId>,
+}
+
+/// Orders documents by `(created, id)` for [`Vault::list_page`]'s heap.
+struct Newest(DocumentInfo);
+
+impl Newest {
+    fn key(&self) -> (Timestamp, DocumentId) {
+        (self.0.created, self.0.id)
+    }
+}
+
+impl PartialEq for Newest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Newest {}
+
+impl PartialOrd for Newest {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Newest {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 /// Which documents to list. Every set condition must hold.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ListFilter {
@@ -344,6 +384,66 @@ impl Vault {
             Ok::<_, VaultError>(doc)
         })?;
         out.ok_or(VaultError::NotFound("document"))
+    }
+
+    /// The clear owner of a document, without opening anything (to decide visibility of a
+    /// document whose metadata does not open).
+    pub fn document_owner(&self, id: DocumentId) -> Result<Option<UserId>, VaultError> {
+        Ok(self.store.snapshot()?.document(id)?.map(|d| d.owner))
+    }
+
+    /// One page of documents accepted by `keep`, newest first, strictly older than
+    /// `before` (a `(created, id)` position), at most `limit`. Documents newer than
+    /// `before` are skipped without being decrypted, and memory stays proportional to
+    /// `limit` whatever the number of documents.
+    pub fn list_page(
+        &self,
+        before: Option<(Timestamp, DocumentId)>,
+        limit: usize,
+        keep: impl Fn(&DocumentInfo) -> bool,
+    ) -> Result<Page, VaultError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let limit = limit.max(1);
+        // The newest `limit + 1` accepted documents (the extra one says whether more exist).
+        let mut heap: BinaryHeap<Reverse<Newest>> = BinaryHeap::with_capacity(limit + 2);
+        let mut damaged = Vec::new();
+        for (id, doc) in self.store.snapshot()?.documents()? {
+            let Some(doc) = doc else {
+                damaged.push(id);
+                continue;
+            };
+            if before.is_some_and(|b| (doc.created, id) >= b) {
+                continue;
+            }
+            if heap.len() > limit && heap.peek().is_some_and(|Reverse(n)| (doc.created, id) < n.key()) {
+                continue; // older than everything kept
+            }
+            let info = match self.info(id, &doc) {
+                Ok((_, info)) => info,
+                Err(VaultError::Integrity { .. } | VaultError::MissingKeyVersion { .. }) => {
+                    damaged.push(id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !keep(&info) {
+                continue;
+            }
+            heap.push(Reverse(Newest(info)));
+            if heap.len() > limit + 1 {
+                heap.pop();
+            }
+        }
+        let mut documents: Vec<DocumentInfo> = heap.into_iter().map(|Reverse(Newest(i))| i).collect();
+        documents.sort_by_key(|d| std::cmp::Reverse((d.created, d.id)));
+        let more = documents.len() > limit;
+        documents.truncate(limit);
+        Ok(Page {
+            documents,
+            more,
+            damaged,
+        })
     }
 
     /// Deletes a document, its wrapped key and its chunks in one durable commit.

@@ -19,6 +19,7 @@ use crate::app::{Vault, VaultError};
 use crate::http::State;
 use crate::http::auth::Caller;
 use crate::http::error::{Problem, Reason};
+use crate::http::limits::Transfer;
 use crate::model::{DocumentId, Role, Timestamp, Visibility};
 
 /// Header carrying the file name (percent-encoded UTF-8).
@@ -51,11 +52,13 @@ pub struct DocumentJson {
     updated: String,
 }
 
+/// RFC 3339 UTC with exactly three fractional digits (`2026-11-29T05:30:36.600Z`).
 fn rfc3339(t: Timestamp) -> String {
-    let nanos = i128::from(t.0) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| d.format(&format).ok())
         .unwrap_or_default()
 }
 
@@ -117,7 +120,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, VaultError> +
 async fn visible(state: &State, caller: &Caller, id: &str) -> Result<DocumentInfo, Problem> {
     let id: DocumentId = id.parse().map_err(|_| Problem::new(Reason::NotFound))?;
     let vault = state.vault.clone();
-    let info = blocking(move || vault.document(id)).await?;
+    let info = match blocking(move || vault.document(id)).await {
+        Ok(info) => info,
+        Err(e) => return Err(hide_damage(state, caller, id, e).await),
+    };
     if can_read(caller, &info) {
         Ok(info)
     } else {
@@ -125,8 +131,36 @@ async fn visible(state: &State, caller: &Caller, id: &str) -> Result<DocumentInf
     }
 }
 
+/// The one value of header `name`; sent twice, it is refused (a proxy taking the other
+/// copy would see another document).
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h header::HeaderValue>, Problem> {
+    let mut values = headers.get_all(name);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Problem::detail(
+            Reason::InvalidRequest,
+            format!("{name} must be sent once"),
+        ));
+    }
+    Ok(first)
+}
+
+/// A document whose metadata does not open: only its owner or an admin may learn that it
+/// is damaged; to anyone else it does not exist (its clear owner field decides).
+async fn hide_damage(state: &State, caller: &Caller, id: DocumentId, e: Problem) -> Problem {
+    if e.reason != Reason::IntegrityError && e.reason != Reason::Internal {
+        return e;
+    }
+    let vault = state.vault.clone();
+    match blocking(move || vault.document_owner(id)).await {
+        Ok(owner) if caller.role() == Role::Admin || owner == Some(caller.user.id) => e,
+        Ok(_) => Problem::new(Reason::NotFound),
+        Err(other) => other,
+    }
+}
+
 fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get(name) else {
+    let Some(value) = single(headers, name)? else {
         return Ok(None);
     };
     let bad = || Problem::detail(Reason::InvalidRequest, format!("{name} must be percent-encoded UTF-8"));
@@ -149,7 +183,7 @@ fn new_document(req: &HttpRequest, caller: &Caller) -> Result<NewDocument, Probl
             "the X-Coffer-Name header (file name) is required",
         )
     })?;
-    let content_type = match headers.get(header::CONTENT_TYPE) {
+    let content_type = match single(headers, header::CONTENT_TYPE.as_str())? {
         Some(v) => v
             .to_str()
             .map_err(|_| Problem::detail(Reason::InvalidRequest, "Content-Type must be ASCII"))?
@@ -157,7 +191,7 @@ fn new_document(req: &HttpRequest, caller: &Caller) -> Result<NewDocument, Probl
         None => "application/octet-stream".to_owned(),
     };
     let title = header_text(headers, TITLE_HEADER)?.unwrap_or_default();
-    let tags = match headers.get(TAGS_HEADER) {
+    let tags = match single(headers, TAGS_HEADER)? {
         None => Vec::new(),
         Some(v) => {
             let bad = || {
@@ -214,7 +248,7 @@ pub async fn upload(
 ) -> Result<HttpResponse, Problem> {
     require_document_role(&caller)?;
     let new = new_document(&req, &caller)?;
-    let limit = state.options.max_upload_bytes;
+    let limit = state.options.limits.max_upload_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -223,9 +257,12 @@ pub async fn upload(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
+    let slot = state.transfers.begin(Transfer::Upload, caller.device.id)?;
+    let idle = std::time::Duration::from_secs(u64::from(state.options.limits.body_idle_timeout_secs));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(UPLOAD_QUEUE);
     let vault: Arc<Vault> = state.vault.clone();
     let job = actix_web::rt::task::spawn_blocking(move || -> Result<Option<DocumentInfo>, VaultError> {
+        let _slot = slot; // held until the upload is finished or discarded
         let mut writer = vault.upload(new)?;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
@@ -239,10 +276,18 @@ pub async fn upload(
     });
     let mut total = 0u64;
     let mut failure = None;
-    while let Some(piece) = payload.next().await {
-        let piece = match piece {
-            Ok(p) => p,
-            Err(e) => {
+    loop {
+        let piece = match tokio::time::timeout(idle, payload.next()).await {
+            Err(_) => {
+                failure = Some(Problem::detail(
+                    Reason::RequestTimeout,
+                    format!("no body bytes arrived for {} s", idle.as_secs()),
+                ));
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Ok(p))) => p,
+            Ok(Some(Err(e))) => {
                 failure = Some(Problem::detail(
                     Reason::InvalidRequest,
                     format!("the upload was cut short: {e}"),
@@ -313,48 +358,40 @@ pub async fn list(
 ) -> Result<HttpResponse, Problem> {
     require_document_role(&caller)?;
     let q = query.into_inner();
-    let max = state.options.max_page_size;
+    let max = state.options.limits.max_page_size;
     let limit = q.limit.unwrap_or(max).clamp(1, max) as usize;
     let after = match &q.cursor {
         None => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| Problem::detail(Reason::InvalidRequest, "invalid cursor"))?),
     };
+    let slot = state.transfers.begin(Transfer::Download, caller.device.id)?;
     let vault = state.vault.clone();
-    let listing = blocking(move || vault.list(Default::default())).await?;
-    if !listing.damaged.is_empty() {
+    let who = caller.clone();
+    let page = blocking(move || {
+        let _slot = slot;
+        vault.list_page(after, limit, |d| {
+            can_read(&who, d)
+                && q.tag.as_ref().is_none_or(|t| d.meta.tags.contains(t))
+                && q.name_prefix
+                    .as_ref()
+                    .is_none_or(|p| d.meta.name.starts_with(p.as_str()))
+        })
+    })
+    .await?;
+    if !page.damaged.is_empty() {
         eprintln!(
             "warning: {} damaged document(s) left out of a listing; run `coffer key status`",
-            listing.damaged.len()
+            page.damaged.len()
         );
     }
-    let mut page = Vec::with_capacity(limit.min(listing.documents.len()));
-    let mut more = false;
-    for d in &listing.documents {
-        // Newest first: (created, id) descending. The cursor is the last item returned.
-        if after.is_some_and(|(t, id)| (d.created, d.id) >= (t, id)) {
-            continue;
-        }
-        if !can_read(&caller, d)
-            || q.tag.as_ref().is_some_and(|t| !d.meta.tags.contains(t))
-            || q.name_prefix
-                .as_ref()
-                .is_some_and(|p| !d.meta.name.starts_with(p.as_str()))
-        {
-            continue;
-        }
-        if page.len() == limit {
-            more = true;
-            break;
-        }
-        page.push(d);
-    }
-    let next_cursor = if more {
-        page.last().map(|d| encode_cursor(d))
+    let next_cursor = if page.more {
+        page.documents.last().map(encode_cursor)
     } else {
         None
     };
+    let page = page.documents;
     Ok(HttpResponse::Ok().json(ListJson {
-        documents: page.into_iter().map(DocumentJson::from).collect(),
+        documents: page.iter().map(DocumentJson::from).collect(),
         next_cursor,
     }))
 }
@@ -388,6 +425,19 @@ fn parse_range(value: &str, size: u64) -> Option<Result<Range<u64>, ()>> {
         last.saturating_add(1).min(size)
     };
     Some(if start >= size { Err(()) } else { Ok(start..end) })
+}
+
+/// `attachment; filename*=UTF-8''<percent-encoded name>` (RFC 6266, RFC 8187).
+fn attachment(name: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    format!(
+        "attachment; filename*=UTF-8''{}",
+        percent_encoding::utf8_percent_encode(name, KEEP)
+    )
 }
 
 fn matches_etag(value: &str, tag: &str) -> bool {
@@ -440,7 +490,11 @@ pub async fn download(
         .insert_header((header::ETAG, tag))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::CACHE_CONTROL, "private, no-store"))
-        .insert_header(("x-content-type-options", "nosniff"));
+        .insert_header(("x-content-type-options", "nosniff"))
+        // Stored content is never rendered as a page of this origin: a member's HTML must
+        // not run script with an admin's client certificate.
+        .insert_header((header::CONTENT_DISPOSITION, attachment(&info.meta.name)))
+        .insert_header(("content-security-policy", "sandbox; default-src 'none'"));
     if status == StatusCode::PARTIAL_CONTENT {
         res.insert_header((
             header::CONTENT_RANGE,
@@ -454,6 +508,7 @@ pub async fn download(
             futures_util::stream::empty::<Result<Bytes, std::io::Error>>(),
         )));
     }
+    let slot = state.transfers.begin(Transfer::Download, caller.device.id)?;
     let vault = state.vault.clone();
     let doc = info.id;
     let partial = status == StatusCode::PARTIAL_CONTENT;
@@ -461,6 +516,7 @@ pub async fn download(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(DOWNLOAD_QUEUE);
     // Decryption runs on a blocking thread while the connection sends the previous piece.
     actix_web::rt::task::spawn_blocking(move || {
+        let _slot = slot; // held until the last piece is handed over or the client is gone
         for piece in reader {
             let item = piece.map(Bytes::from).map_err(|e| {
                 eprintln!("error: download of {doc} stopped: {e}");
@@ -518,7 +574,7 @@ pub async fn patch_meta(
     let id: DocumentId = id.parse().map_err(|_| Problem::new(Reason::NotFound))?;
     let vault = state.vault.clone();
     let who = caller.clone();
-    let info = blocking(move || {
+    let result = blocking(move || {
         vault.update_meta(id, change, |d| {
             if !can_read(&who, d) {
                 Err(VaultError::NotFound("document"))
@@ -529,7 +585,11 @@ pub async fn patch_meta(
             }
         })
     })
-    .await?;
+    .await;
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => return Err(hide_damage(&state, &caller, id, e).await),
+    };
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag(&info)))
         .json(DocumentJson::from(&info)))

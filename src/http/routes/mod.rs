@@ -22,20 +22,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/documents")
             .route(web::post().to(documents::upload))
             .route(web::get().to(documents::list))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("GET, POST"))),
     )
     .service(
         web::resource("/v1/documents/{id}")
             .route(web::get().to(documents::download))
             .route(web::head().to(documents::download))
             .route(web::delete().to(documents::delete))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("GET, HEAD, DELETE"))),
     )
     .service(
         web::resource("/v1/documents/{id}/meta")
             .route(web::get().to(documents::meta))
             .route(web::patch().to(documents::patch_meta))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("GET, PATCH"))),
     )
     .default_service(web::to(not_found));
 }
@@ -44,6 +44,9 @@ async fn not_found(_: HttpRequest) -> Result<HttpResponse, Problem> {
     Err(Problem::new(Reason::NotFound))
 }
 
-async fn method_not_allowed(_: HttpRequest) -> Result<HttpResponse, Problem> {
-    Err(Problem::new(Reason::MethodNotAllowed))
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, Problem> {
+    Err(Problem {
+        allow: Some(allow),
+        ..Problem::new(Reason::MethodNotAllowed)
+    })
 }

@@ -1,0 +1,297 @@
+//! A real coffer HTTPS server on `127.0.0.1:0` over a throwaway coffer (CA and server
+//! certificate made by coffer's own PKI code), with users and devices to call it as.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coffer::app::Vault;
+use coffer::app::init::{PkiPlan, init_with_pki};
+use coffer::app::principals::{DeviceInfo, UserBody, UserInfo};
+use coffer::config::TlsVersion;
+use coffer::crypto::kdf::KdfParams;
+use coffer::http::{RunningServer, ServerOptions};
+use coffer::model::{DeviceId, Role, UserId};
+use coffer::pki::KeyDer;
+use coffer::secret::Passphrase;
+use coffer::store::StoreOptions;
+use rustls::ClientConfig;
+
+use super::client::{ClientSetup, Connection, Response, TLS13_ONLY};
+use super::{TestDirs, empty_dirs, passphrase};
+
+/// Server options for tests: TLS 1.3 only, 32 MiB uploads, 500 per page, two workers.
+pub fn test_options() -> ServerOptions {
+    ServerOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls_min: TlsVersion::Tls13,
+        limits: coffer::config::Limits {
+            max_upload_bytes: 32 * 1024 * 1024,
+            // The concurrency tests run 16 uploads from one member's devices at once.
+            max_transfers_per_device: 6,
+            ..Default::default()
+        },
+        workers: Some(2),
+    }
+}
+
+/// A client certificate and its key, PEM, and the device record (if registered).
+pub struct Identity {
+    /// The registered device (`None` for a certificate no device holds).
+    pub device: Option<DeviceInfo>,
+    /// Certificate, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM.
+    pub key_pem: String,
+}
+
+impl Identity {
+    /// The registered device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device.as_ref().expect("a registered device").id
+    }
+}
+
+/// A running server over a fresh coffer. Dropping it stops the server.
+pub struct TestServer {
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    addr: SocketAddr,
+    server: Option<RunningServer>,
+    /// The unlocked coffer the server uses (shared with it); `None` once stopped.
+    vault: Option<Arc<Vault>>,
+    /// Keeps the temp dir alive; `None` once handed out by [`TestServer::stop`].
+    dirs: Option<TestDirs>,
+}
+
+/// Starts a server with [`test_options`].
+pub fn start_server() -> TestServer {
+    start_server_with(test_options())
+}
+
+/// Starts a server with the given options (the listen address is forced to
+/// `127.0.0.1:0`).
+pub fn start_server_with(options: ServerOptions) -> TestServer {
+    let dirs = empty_dirs();
+    init_with_pki(
+        &dirs.paths,
+        &passphrase(),
+        KdfParams::for_tests(),
+        StoreOptions::default(),
+        &PkiPlan {
+            sans: vec!["localhost".parse().expect("san"), "127.0.0.1".parse().expect("san")],
+            ca_days: 30,
+            server_days: 30,
+        },
+    )
+    .expect("init with PKI");
+    let (vault, _) = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default()).expect("open vault");
+    let vault = Arc::new(vault);
+    let ca_pem = std::fs::read_to_string(coffer::app::pki::ca_cert_path(&dirs.paths)).expect("read ca.crt");
+    let options = ServerOptions {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..options
+    };
+    let server = coffer::http::start(vault.clone(), options).expect("start the server");
+    TestServer {
+        ca_pem,
+        addr: server.addr(),
+        server: Some(server),
+        vault: Some(vault),
+        dirs: Some(dirs),
+    }
+}
+
+impl TestServer {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The vault the server uses (the same `Arc`), to change users and devices under it.
+    pub fn vault(&self) -> &Arc<Vault> {
+        self.vault.as_ref().expect("the server is running")
+    }
+
+    /// The coffer's directories.
+    pub fn dirs(&self) -> &TestDirs {
+        self.dirs.as_ref().expect("the directories")
+    }
+
+    /// Adds an enabled user with a real (cheap) argon2id password hash.
+    pub fn add_user(&self, name: &str, role: Role) -> UserInfo {
+        let password_hash = KdfParams::for_tests()
+            .hash_password(&Passphrase::new(format!("password of {name}")))
+            .expect("hash password");
+        self.vault()
+            .add_user(UserBody {
+                name: name.to_owned(),
+                role,
+                password_hash,
+                disabled: false,
+            })
+            .expect("add user")
+    }
+
+    /// Adds a member.
+    pub fn add_member(&self, name: &str) -> UserInfo {
+        self.add_user(name, Role::Member)
+    }
+
+    /// Adds an admin.
+    pub fn add_admin(&self, name: &str) -> UserInfo {
+        self.add_user(name, Role::Admin)
+    }
+
+    /// Adds an integration identity.
+    pub fn add_integration(&self, name: &str) -> UserInfo {
+        self.add_user(name, Role::Integration)
+    }
+
+    /// Issues and registers a device of `owner` whose certificate is valid for `days`.
+    pub fn issue_device_for_days(&self, owner: UserId, days: u32) -> Identity {
+        let issued = self
+            .vault()
+            .issue_device(owner, "test device", days)
+            .expect("issue device");
+        Identity {
+            device: Some(issued.device),
+            cert_pem: coffer::pki::to_pem(&issued.cert_der),
+            key_pem: issued.key.to_pem().expect("key PEM").to_string(),
+        }
+    }
+
+    /// Issues and registers a device of `owner` (certificate valid for 30 days).
+    pub fn issue_device(&self, owner: UserId) -> Identity {
+        self.issue_device_for_days(owner, 30)
+    }
+
+    /// A certificate signed by coffer's CA for a random device id that is not registered.
+    pub fn unregistered_certificate(&self) -> Identity {
+        let key = KeyDer::generate().expect("key");
+        let id = DeviceId::random().expect("random id");
+        let cert = self
+            .vault()
+            .ca()
+            .expect("CA")
+            .issue_device(id, &key.spki().expect("spki"), 30)
+            .expect("issue certificate");
+        Identity {
+            device: None,
+            cert_pem: coffer::pki::to_pem(&cert),
+            key_pem: key.to_pem().expect("key PEM").to_string(),
+        }
+    }
+
+    /// A TLS 1.3 client configuration presenting `identity` (none: no certificate).
+    pub fn client_config(&self, identity: Option<&Identity>) -> Arc<ClientConfig> {
+        self.client_setup(identity).build()
+    }
+
+    /// The client set-up for `identity`, to adjust versions or resumption.
+    pub fn client_setup<'a>(&'a self, identity: Option<&'a Identity>) -> ClientSetup<'a> {
+        ClientSetup {
+            ca_pem: &self.ca_pem,
+            identity: identity.map(|i| (i.cert_pem.as_str(), i.key_pem.as_str())),
+            versions: TLS13_ONLY,
+            resumption: false,
+        }
+    }
+
+    /// Opens a connection presenting `identity`; panics if the server refuses it.
+    pub fn connect(&self, identity: &Identity) -> Connection {
+        self.connect_with(self.client_config(Some(identity)))
+    }
+
+    /// Opens a connection without a client certificate.
+    pub fn connect_anonymous(&self) -> Connection {
+        self.connect_with(self.client_config(None))
+    }
+
+    /// Opens a connection with `config`; panics if the server refuses it.
+    pub fn connect_with(&self, config: Arc<ClientConfig>) -> Connection {
+        Connection::open(config, self.addr, "localhost").expect("TLS connection")
+    }
+
+    /// Tries a connection with `config` and one request; returns the error that ended it.
+    /// Panics if any HTTP response arrives (the handshake must have been refused).
+    pub fn assert_handshake_refused(&self, config: Arc<ClientConfig>) -> std::io::Error {
+        match Connection::open(config, self.addr, "localhost") {
+            Err(e) => e,
+            Ok(mut conn) => match conn.request("GET", "/v1/documents", &[], b"") {
+                Err(e) => e,
+                Ok(res) => panic!(
+                    "the handshake was accepted and an HTTP response arrived: {} {}",
+                    res.status,
+                    String::from_utf8_lossy(&res.body)
+                ),
+            },
+        }
+    }
+
+    /// Stops the server and closes the coffer, returning its directories for raw checks.
+    /// Panics if something still holds the vault a few seconds after the server stopped.
+    pub fn stop(mut self) -> TestDirs {
+        self.shut_down();
+        let mut vault = self.vault.take().expect("the vault");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Arc::try_unwrap(vault) {
+                Ok(v) => {
+                    drop(v);
+                    break;
+                }
+                Err(still_shared) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the vault is still referenced 5 s after the server stopped"
+                    );
+                    vault = still_shared;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        self.dirs.take().expect("the directories")
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().expect("stop the server");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Lower-case hex of SHA-256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Panics unless `res` has `status` and is a problem of type `slug`.
+#[track_caller]
+pub fn assert_problem(res: &Response, status: u16, slug: &str) {
+    assert_eq!(
+        res.status,
+        status,
+        "expected {status} {slug}, got {}: {}",
+        res.status,
+        String::from_utf8_lossy(&res.body)
+    );
+    assert_eq!(res.problem(), slug);
+    assert_eq!(
+        res.json()["status"].as_u64(),
+        Some(u64::from(status)),
+        "problem status field"
+    );
+}
