@@ -127,6 +127,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
                 .on_connect(auth::on_connect)
                 .workers(workers)
+                // Nagle would hold back the last segment of a streamed body until the
+                // client's delayed ACK (~40 ms per download).
+                .tcp_nodelay(true)
                 .max_connections(per_worker)
                 // Also bounds the TLS handshake; a stalled body is bounded per read in the
                 // upload handler.
