@@ -25,7 +25,8 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address `coffer serve` listens on (`serve --dev`: 127.0.0.1:8443 unless set).
+    /// Address `coffer serve` listens on (`serve --dev` ignores it: 127.0.0.1:8443 unless
+    /// its own `--listen` says otherwise).
     pub listen: Option<SocketAddr>,
     /// Data directory (holds coffer.redb).
     pub data_dir: PathBuf,

@@ -60,30 +60,23 @@ fn assert_refused_by_server(e: &std::io::Error, expected: &[&str]) {
 }
 
 #[test]
-fn no_client_certificate_is_401_client_certificate_required() {
+fn no_client_certificate_is_refused_in_the_handshake() {
     let server = start_server();
-    // A fresh connection for each request: the server may close a connection after
-    // refusing it (and does so for an upload whose body it did not read).
-    assert_problem(
-        &list(&mut server.connect_anonymous()),
-        401,
-        "client-certificate-required",
-    );
-    let res = server
-        .connect_anonymous()
-        .request("GET", "/v1/documents/0123456789abcdef0123456789abcdef", &[], b"")
-        .expect("GET");
-    assert_problem(&res, 401, "client-certificate-required");
-    let res = server
-        .connect_anonymous()
-        .request(
-            "POST",
-            "/v1/documents",
-            &[("x-coffer-name", "anon.bin")],
-            b"anonymous content",
-        )
-        .expect("POST");
-    assert_problem(&res, 401, "client-certificate-required");
+    // No request of any kind gets an HTTP answer without a certificate.
+    server.assert_handshake_refused(server.client_config(None));
+    let anonymous = server.client_config(None);
+    match Connection::open(anonymous, server.addr(), "localhost") {
+        Err(_) => {}
+        Ok(mut conn) => {
+            let res = conn.request(
+                "POST",
+                "/v1/documents",
+                &[("x-coffer-name", "anon.bin")],
+                b"anonymous content",
+            );
+            assert!(res.is_err(), "an anonymous upload got an HTTP answer: {res:?}");
+        }
+    }
     // Nothing was stored: an admin sees no document at all.
     let admin = server.add_admin("root");
     let admin = server.issue_device(admin.id);

@@ -96,12 +96,13 @@ fn raise_open_files(max_connections: u32) {
 impl ServeCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
         let paths = ctx.paths();
-        let default = if self.dev {
-            DEV_LISTEN
-        } else {
-            SocketAddr::from(([0, 0, 0, 0], 8443))
+        // A development server listens on loopback unless told otherwise on its own command
+        // line: a `listen` in a configuration file or the environment is for production.
+        let listen = match (self.listen, self.dev) {
+            (Some(l), _) => l,
+            (None, true) => DEV_LISTEN,
+            (None, false) => ctx.config.listen_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
         };
-        let listen = self.listen.unwrap_or(ctx.config.listen_or(default));
         let vault = if self.dev {
             let passphrase = match &ctx.passphrase_file {
                 Some(f) => crate::app::unlock::from_file(f)?,

@@ -131,8 +131,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 // client's delayed ACK (~40 ms per download).
                 .tcp_nodelay(true)
                 .max_connections(per_worker)
-                // Also bounds the TLS handshake; a stalled body is bounded per read in the
-                // upload handler.
+                // Headers of a connection's first request (the TLS handshake has actix-tls's
+                // own 3 s bound); stalled bodies and connections: see `watchdog`.
                 .client_request_timeout(header_timeout)
                 .client_disconnect_timeout(std::time::Duration::from_secs(1));
             let server = match server.listen_rustls_0_23(listener, tls) {

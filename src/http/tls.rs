@@ -36,9 +36,10 @@ pub fn provider(min: TlsVersion) -> rustls::crypto::CryptoProvider {
     provider
 }
 
-/// Builds the server configuration. `allow_unauthenticated` admits connections without a
-/// client certificate (they reach only what needs none); a certificate that is presented
-/// must chain to the CA and be within its validity dates, or the handshake fails.
+/// Builds the server configuration. Every connection must present a client certificate
+/// that chains to the CA and is within its validity dates, or the handshake fails: until
+/// an endpoint exists that needs no certificate (enrolment), a client without one gets
+/// nothing but a failed handshake, bounded by actix-tls's 3 s handshake timeout.
 pub fn server_config(
     ca_der: &[u8],
     server_cert_der: Vec<u8>,
@@ -50,7 +51,6 @@ pub fn server_config(
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(ca_der.to_vec())).map_err(|e| err(&e))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
         .build()
         .map_err(|e| err(&e))?;
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
