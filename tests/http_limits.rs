@@ -852,3 +852,83 @@ fn timestamps_always_have_three_fractional_digits() {
         assert_fixed_width(&d["updated"], "listed updated");
     }
 }
+
+// ---- 9. the connection watchdog ----
+
+/// Waits until the server closes `stream` (EOF or reset), for at most `within`.
+#[track_caller]
+fn assert_closed_within(stream: &mut RawStream, within: Duration, what: &str) {
+    stream.sock.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            // Whatever was in flight (the rest of a download) is not an answer to the stall.
+            Ok(_) if started.elapsed() < within => continue,
+            Ok(_) => panic!("{what}: the server kept sending past {within:?}"),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("{what}: the connection was still open after {within:?}")
+            }
+            Err(_) => return, // reset: closed
+        }
+    }
+}
+
+#[test]
+fn a_second_request_left_unfinished_on_a_kept_alive_connection_is_cut() {
+    let server = start_server_with(options(|l| l.body_idle_timeout_secs = 1));
+    let alice = member_device(&server, "alice");
+    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    assert_eq!(conn.get("/v1/documents").expect("listing").status, 200);
+    // actix times out only the first request's headers: this one it would wait for forever.
+    conn.send(b"GET /v1/docu").expect("partial request");
+    assert_closed_within(
+        conn.stream.get_mut(),
+        Duration::from_secs(6),
+        "a half-sent second request",
+    );
+}
+
+#[test]
+fn a_json_body_left_unfinished_is_cut() {
+    let server = start_server_with(options(|l| l.body_idle_timeout_secs = 1));
+    let alice = member_device(&server, "alice");
+    let mut c = server.connect(&alice);
+    let id = id_of(&upload(&mut c, "doc.txt", &[], b"x"));
+    let mut stream = raw_tls(server.client_config(Some(&alice)), server.addr());
+    stream
+        .write_all(
+            format!(
+                "PATCH {} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
+                meta_path(&id)
+            )
+            .as_bytes(),
+        )
+        .expect("partial PATCH");
+    stream.flush().expect("flush");
+    assert_closed_within(&mut stream, Duration::from_secs(6), "an unfinished JSON body");
+    // The document is unchanged.
+    assert_eq!(get(&mut server.connect(&alice), &meta_path(&id)).json()["title"], "");
+}
+
+#[test]
+fn a_download_the_client_stops_reading_is_cut_and_gives_its_slot_back() {
+    let server = start_server_with(options(|l| {
+        l.body_idle_timeout_secs = 1;
+        l.max_transfers_per_device = 1;
+    }));
+    let alice = member_device(&server, "alice");
+    let mut conn = server.connect(&alice);
+    let big_id = id_of(&upload(&mut conn, "big.bin", &[], &pattern(6, 24 * MIB)));
+    let held = start_held_download(&server, &alice, &content_path(&big_id));
+    wait_for_status("alice's listing while her unread download holds the slot", 429, || {
+        list(&mut conn)
+    });
+    // Not reading at all: within twice the idle timeout (plus a sweep) the server gives up.
+    wait_for_status("alice's listing after the stalled download was cut", 200, || {
+        std::thread::sleep(Duration::from_millis(200));
+        list(&mut server.connect(&alice))
+    });
+    drop(held);
+}

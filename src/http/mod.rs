@@ -6,6 +6,7 @@ pub mod error;
 pub mod limits;
 mod routes;
 pub mod tls;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,6 +117,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // actix counts connections per worker.
     let per_worker = (l.max_connections as usize).div_ceil(workers).max(1);
     let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
+    // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
+    // from the handler before the watchdog cuts the connection.
+    let watchdog = watchdog::Watchdog::start(std::time::Duration::from_secs(2 * u64::from(l.body_idle_timeout_secs)))?;
     let state = web::Data::new(State {
         vault,
         options: options.clone(),
@@ -124,17 +128,44 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-                .on_connect(auth::on_connect)
-                .workers(workers)
-                // Nagle would hold back the last segment of a streamed body until the
-                // client's delayed ACK (~40 ms per download).
-                .tcp_nodelay(true)
-                .max_connections(per_worker)
-                // Headers of a connection's first request (the TLS handshake has actix-tls's
-                // own 3 s bound); stalled bodies and connections: see `watchdog`.
-                .client_request_timeout(header_timeout)
-                .client_disconnect_timeout(std::time::Duration::from_secs(1));
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    // A request starting and ending is activity for the watchdog.
+                    .wrap_fn(|req, srv| {
+                        let activity = req.conn_data::<watchdog::ConnActivity>().map(|c| c.activity.clone());
+                        if let Some(a) = &activity {
+                            a.touch();
+                        }
+                        let call = actix_web::dev::Service::call(srv, req);
+                        async move {
+                            let res = call.await;
+                            if let Some(a) = activity {
+                                a.touch();
+                            }
+                            res
+                        }
+                    })
+                    .configure(configure)
+            })
+            .on_connect(move |conn, ext| {
+                auth::on_connect(conn, ext);
+                type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+                if let Some(tls) = conn.downcast_ref::<Tls>()
+                    && let Some(watched) = watchdog.watch(tls.get_ref().0)
+                {
+                    ext.insert(watched);
+                }
+            })
+            .workers(workers)
+            // Nagle would hold back the last segment of a streamed body until the
+            // client's delayed ACK (~40 ms per download).
+            .tcp_nodelay(true)
+            .max_connections(per_worker)
+            // Headers of a connection's first request (the TLS handshake has actix-tls's
+            // own 3 s bound); stalled bodies and connections: see `watchdog`.
+            .client_request_timeout(header_timeout)
+            .client_disconnect_timeout(std::time::Duration::from_secs(1));
             let server = match server.listen_rustls_0_23(listener, tls) {
                 Ok(s) => s.run(),
                 Err(e) => {

@@ -20,6 +20,7 @@ use crate::http::State;
 use crate::http::auth::Caller;
 use crate::http::error::{Problem, Reason};
 use crate::http::limits::Transfer;
+use crate::http::watchdog::ConnActivity;
 use crate::model::{DocumentId, Role, Timestamp, Visibility};
 
 /// Header carrying the file name (percent-encoded UTF-8).
@@ -262,6 +263,7 @@ pub async fn upload(
         return Err(too_large(limit));
     }
     let slot = state.transfers.begin(Transfer::Upload, caller.device.id)?;
+    let activity = req.conn_data::<ConnActivity>().map(|c| c.activity.clone());
     let idle = std::time::Duration::from_secs(u64::from(state.options.limits.body_idle_timeout_secs));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(UPLOAD_QUEUE);
     let vault: Arc<Vault> = state.vault.clone();
@@ -290,7 +292,12 @@ pub async fn upload(
                 break;
             }
             Ok(None) => break,
-            Ok(Some(Ok(p))) => p,
+            Ok(Some(Ok(p))) => {
+                if let Some(a) = &activity {
+                    a.touch();
+                }
+                p
+            }
             Ok(Some(Err(e))) => {
                 failure = Some(Problem::detail(
                     Reason::InvalidRequest,
@@ -513,6 +520,7 @@ pub async fn download(
         )));
     }
     let slot = state.transfers.begin(Transfer::Download, caller.device.id)?;
+    let activity = req.conn_data::<ConnActivity>().map(|c| c.activity.clone());
     let vault = state.vault.clone();
     let doc = info.id;
     let partial = status == StatusCode::PARTIAL_CONTENT;
@@ -529,6 +537,10 @@ pub async fn download(
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
                 break; // the client went away, or the stream is cut
+            }
+            // The connection took the previous piece: the client is reading.
+            if let Some(a) = &activity {
+                a.touch();
             }
         }
     });
