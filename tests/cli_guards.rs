@@ -716,3 +716,16 @@ fn serve_takes_transfer_limits_and_the_idle_timeout_from_the_configuration() {
     );
     server.kill();
 }
+
+#[test]
+fn config_check_applies_the_global_flags_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .current_dir(dir.path())
+        .env_remove("COFFER_CONFIG")
+        .args(["--cache-mib", "0", "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache_mib"));
+}

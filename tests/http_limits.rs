@@ -932,3 +932,35 @@ fn a_download_the_client_stops_reading_is_cut_and_gives_its_slot_back() {
     });
     drop(held);
 }
+
+#[test]
+fn unknown_paths_and_methods_authenticate_first() {
+    let server = start_server();
+    let alice = member_device(&server, "alice");
+    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    let res = conn.get("/nope").expect("unknown path");
+    assert_problem(&res, 404, "not-found");
+    server.vault().revoke_device(alice.device_id()).expect("revoke");
+    // A revoked device knocking on a path that does not exist still gets its 401, and the
+    // connection ends.
+    let res = conn.get("/nope").expect("the 401");
+    assert_problem(&res, 401, "device-revoked");
+    assert_closed(conn.get("/nope"), "after a 401 on an unknown path");
+    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    conn.send(b"PUT /v1/documents HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+        .expect("wrong method");
+    let res = read_response(&mut conn.stream).expect("the 401");
+    assert_problem(&res, 401, "device-revoked");
+}
+
+#[test]
+fn an_oversized_json_body_is_413() {
+    let server = start_server();
+    let alice = member_device(&server, "alice");
+    let mut c = server.connect(&alice);
+    let id = id_of(&upload(&mut c, "doc.txt", &[], b"x"));
+    let title = "t".repeat(70 * 1024);
+    let res = patch(&mut server.connect(&alice), &id, &format!("{{\"title\":\"{title}\"}}"));
+    assert_problem(&res, 413, "payload-too-large");
+    assert_eq!(get(&mut server.connect(&alice), &meta_path(&id)).json()["title"], "");
+}

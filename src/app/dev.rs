@@ -98,6 +98,9 @@ fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
 /// The development passphrase: `$COFFER_PASSPHRASE` when set, else `keys/dev/passphrase`,
 /// which is created with a random passphrase if absent.
 pub fn passphrase(paths: &Paths) -> Result<Passphrase, DevError> {
+    if paths.key_file().exists() && !dev_dir(paths).is_dir() {
+        return Err(DevError::NotDevelopment(paths.keys_dir.display().to_string()));
+    }
     if std::env::var_os(PASSPHRASE_ENV).is_some() {
         return Ok(super::unlock::existing(None)?);
     }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use crate::config::Config;
 
 /// Configuration file tools.
 #[derive(Debug, Subcommand)]
@@ -25,10 +24,13 @@ pub struct CheckCmd {
 impl ConfigCmd {
     pub(super) fn run(self, global: &GlobalArgs) -> anyhow::Result<()> {
         let Self::Check(cmd) = self;
-        let explicit = cmd.file.or_else(|| global.config.clone());
-        let (config, file) = Config::load(explicit.as_deref(), |k| std::env::var(k).ok())?;
-        config.validate()?;
-        match file {
+        // The same layering as every other command, flags included.
+        let mut global = global.clone();
+        if cmd.file.is_some() {
+            global.config = cmd.file;
+        }
+        let ctx = global.context()?;
+        match ctx.config_file {
             Some(f) => println!("{}: ok", f.display()),
             None => println!("no configuration file (built-in defaults and environment): ok"),
         }

@@ -19,7 +19,8 @@ pub enum DeviceCmd {
     Issue(IssueCmd),
     /// List devices.
     List,
-    /// Revoke a device: refused from its next request on, also on open connections.
+    /// Revoke a device (with the server stopped, until the admin socket exists): refused
+    /// from its first request once the server runs again.
     Revoke {
         /// The device id (see `coffer device list`).
         id: DeviceId,
@@ -186,7 +187,7 @@ impl DeviceCmd {
                     e => e.into(),
                 })?;
                 println!(
-                    "revoked device {} ({}): refused from its next request on",
+                    "revoked device {} ({}): refused from its next request to a server started now",
                     d.id, d.body.name
                 );
             }

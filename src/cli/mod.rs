@@ -36,7 +36,7 @@ pub struct Cli {
 
 /// Options shared by all subcommands. Every setting can also come from the configuration
 /// file and `COFFER_*` environment variables (see the README); flags win.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct GlobalArgs {
     /// Configuration file (default: $COFFER_CONFIG, else ./coffer.toml when present).
     #[arg(long, global = true, value_name = "FILE")]

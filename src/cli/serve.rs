@@ -77,7 +77,8 @@ pub fn dev_curl_commands(keys_dir: &Path, addr: SocketAddr) -> [String; 2] {
 fn raise_open_files(max_connections: u32) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    let wanted = u64::from(max_connections) + 256;
+    // Two descriptors per connection: its socket and the watchdog's duplicate.
+    let wanted = 2 * u64::from(max_connections) + 256;
     if limit.current.is_some_and(|c| c < wanted) {
         limit.current = limit.maximum;
         if setrlimit(Resource::Nofile, limit).is_err() {
@@ -87,7 +88,7 @@ fn raise_open_files(max_connections: u32) {
     let now = getrlimit(Resource::Nofile).current;
     if now.is_some_and(|c| c < wanted) {
         eprintln!(
-            "warning: the open-file limit ({}) is below limits.max_connections + 256; raise LimitNOFILE",
+            "warning: the open-file limit ({}) is below 2 x limits.max_connections + 256; raise LimitNOFILE",
             now.unwrap_or(0)
         );
     }
@@ -135,6 +136,12 @@ impl ServeCmd {
         let server_cert = crate::app::pki::read_cert(&crate::app::pki::server_cert_path(&paths), "server.crt")?;
         let info = crate::pki::cert_info(&server_cert, "server.crt")?;
         let days_left = (info.not_after - crate::model::Timestamp::now().0 / 1000) / 86_400;
+        if days_left < 0 || info.not_after <= crate::model::Timestamp::now().0 / 1000 {
+            anyhow::bail!(
+                "the server certificate {} has expired: run `coffer cert renew-server` (with the server stopped)",
+                crate::app::pki::server_cert_path(&paths).display()
+            );
+        }
         if days_left < 14 {
             eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
         }

@@ -21,7 +21,8 @@ pub enum UserCmd {
     Add(AddCmd),
     /// List users.
     List,
-    /// Disable a user: they cannot log in and all their devices are refused at once.
+    /// Disable a user (with the server stopped, until the admin socket exists): all their
+    /// devices are refused from their first request once the server runs again.
     Disable {
         /// The user name.
         name: String,
@@ -100,7 +101,7 @@ impl UserCmd {
                     .user_by_name(&name)?
                     .ok_or_else(|| anyhow::anyhow!("no user named {name:?} (see `coffer user list`)"))?;
                 vault.update_user(user.id, |b| b.disabled = true)?;
-                println!("disabled {name}: their devices are refused from the next request on");
+                println!("disabled {name}: their devices are refused from their next request to a server started now");
             }
         }
         Ok(())

@@ -146,6 +146,9 @@ pub struct Problem {
     pub size: Option<u64>,
     /// For `405`: the methods the resource supports, sent as `Allow`.
     pub allow: Option<&'static str>,
+    /// Close the connection after this answer even if the reason alone would not (a
+    /// request body was left partly unread).
+    pub close: bool,
 }
 
 impl Problem {
@@ -156,6 +159,7 @@ impl Problem {
             detail: None,
             size: None,
             allow: None,
+            close: false,
         }
     }
 
@@ -166,6 +170,7 @@ impl Problem {
             detail: Some(detail.into()),
             size: None,
             allow: None,
+            close: false,
         }
     }
 }
@@ -207,7 +212,7 @@ impl ResponseError for Problem {
         if let Some(size) = self.size {
             res.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
         }
-        if self.reason.closes_connection() {
+        if self.close || self.reason.closes_connection() {
             // Whatever is left of the request body is not read, and an unauthenticated
             // client gets nothing more on this connection.
             res.force_close();
@@ -229,6 +234,13 @@ impl From<VaultError> for Problem {
             VaultError::Invalid(m) => Self::detail(Reason::InvalidRequest, m),
             VaultError::NotPermitted(m) => Self::detail(Reason::NotPermitted, m),
             VaultError::Store(StoreError::Busy) => Self::new(Reason::Unavailable),
+            VaultError::Store(StoreError::Corrupt(what)) => {
+                eprintln!("error: stored {what} is unreadable");
+                Self::detail(
+                    Reason::IntegrityError,
+                    "stored data is damaged; an administrator can restore it",
+                )
+            }
             VaultError::Integrity { what, id } => {
                 eprintln!("error: integrity check failed for {what} {id}");
                 Self::detail(

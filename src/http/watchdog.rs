@@ -87,7 +87,7 @@ impl Watchdog {
     /// Watches a newly accepted connection. `None` if its descriptor cannot be duplicated
     /// (out of descriptors): the connection then goes unwatched rather than refused.
     pub fn watch(&self, socket: impl AsFd) -> Option<ConnActivity> {
-        let socket = rustix::io::dup(socket).ok()?;
+        let socket = rustix::io::fcntl_dupfd_cloexec(socket, 0).ok()?;
         let activity = Arc::new(Activity {
             epoch: self.epoch,
             last_ms: AtomicU64::new(0),

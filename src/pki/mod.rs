@@ -41,6 +41,9 @@ pub enum PkiError {
     /// A subject alternative name is not a DNS name or an IP address.
     #[error("invalid --san {0:?}: use a DNS name (e.g. coffer.example.com) or an IP address")]
     BadSan(String),
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// PKCS#12 encoding failed.
     #[error("cannot build the PKCS#12 bundle: {0}")]
     Pkcs12(String),
@@ -102,7 +105,7 @@ impl std::fmt::Debug for Ca {
 }
 
 fn serial() -> Result<SerialNumber, PkiError> {
-    let mut bytes: [u8; 16] = crate::crypto::random_bytes().map_err(|_| PkiError::Pkcs12("no randomness".into()))?;
+    let mut bytes: [u8; 16] = crate::crypto::random_bytes().map_err(|_| PkiError::Random)?;
     // Positive and non-zero as DER INTEGER: clear the top bit, set the next.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))

@@ -192,6 +192,20 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// Calls `f` with every document record in id order (`None`: it does not decode),
+    /// holding one record at a time.
+    pub fn visit_documents<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(DocumentId, Option<StoredDocument>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let t = self.txn.open_table(DOCUMENTS).map_err(StoreError::from)?;
+        for entry in t.iter().map_err(StoreError::from)? {
+            let (k, v) = entry.map_err(StoreError::from)?;
+            f(DocumentId(k.value()), StoredDocument::decode(v.value()).ok())?;
+        }
+        Ok(())
+    }
+
     /// One sealed chunk, copied into `buf` (cleared first). False if it is missing.
     pub fn chunk_into(&self, id: DocumentId, index: u32, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
         let t = self.txn.open_table(CHUNKS)?;

@@ -78,7 +78,8 @@ pub struct NewDocument {
 }
 
 impl NewDocument {
-    fn validate(&self) -> Result<(), VaultError> {
+    /// Checks the fields (lengths, no control characters) as [`Vault::upload`] will.
+    pub fn validate(&self) -> Result<(), VaultError> {
         validate_fields(&self.name, &self.content_type, &self.title, &self.tags)
     }
 }
@@ -408,33 +409,34 @@ impl Vault {
         // The newest `limit + 1` accepted documents (the extra one says whether more exist).
         let mut heap: BinaryHeap<Reverse<Newest>> = BinaryHeap::with_capacity(limit + 2);
         let mut damaged = Vec::new();
-        for (id, doc) in self.store.snapshot()?.documents()? {
+        self.store.snapshot()?.visit_documents(|id, doc| {
             let Some(doc) = doc else {
                 damaged.push(id);
-                continue;
+                return Ok(());
             };
             if before.is_some_and(|b| (doc.created, id) >= b) {
-                continue;
+                return Ok(());
             }
             if heap.len() > limit && heap.peek().is_some_and(|Reverse(n)| (doc.created, id) < n.key()) {
-                continue; // older than everything kept
+                return Ok(()); // older than everything kept
             }
             let info = match self.info(id, &doc) {
                 Ok((_, info)) => info,
                 Err(VaultError::Integrity { .. } | VaultError::MissingKeyVersion { .. }) => {
                     damaged.push(id);
-                    continue;
+                    return Ok(());
                 }
                 Err(e) => return Err(e),
             };
             if !keep(&info) {
-                continue;
+                return Ok(());
             }
             heap.push(Reverse(Newest(info)));
             if heap.len() > limit + 1 {
                 heap.pop();
             }
-        }
+            Ok::<(), VaultError>(())
+        })?;
         let mut documents: Vec<DocumentInfo> = heap.into_iter().map(|Reverse(Newest(i))| i).collect();
         documents.sort_by_key(|d| std::cmp::Reverse((d.created, d.id)));
         let more = documents.len() > limit;

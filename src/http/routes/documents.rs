@@ -149,15 +149,11 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h header::H
 /// A document whose metadata does not open: only its owner or an admin may learn that it
 /// is damaged; to anyone else it does not exist (its clear owner field decides).
 async fn hide_damage(state: &State, caller: &Caller, id: DocumentId, e: Problem) -> Problem {
-    if e.reason != Reason::IntegrityError && e.reason != Reason::Internal {
+    if e.reason != Reason::IntegrityError || caller.role() == Role::Admin {
         return e;
     }
     let vault = state.vault.clone();
-    let owner = blocking(move || vault.document_owner(id)).await;
-    if caller.role() == Role::Admin {
-        return e;
-    }
-    match owner {
+    match blocking(move || vault.document_owner(id)).await {
         Ok(Some(owner)) if owner == caller.user.id => e,
         // Someone else's, or a record too damaged to name its owner: not visible.
         _ => Problem::new(Reason::NotFound),
@@ -220,14 +216,17 @@ fn new_document(req: &HttpRequest, caller: &Caller) -> Result<NewDocument, Probl
             .parse()
             .map_err(|e: String| Problem::detail(Reason::InvalidRequest, e))?,
     };
-    Ok(NewDocument {
+    let new = NewDocument {
         owner: caller.user.id,
         name,
         content_type,
         title,
         tags,
         visibility,
-    })
+    };
+    // Refused here, before a slot or a thread is taken for it.
+    new.validate()?;
+    Ok(new)
 }
 
 enum UploadMsg {
@@ -321,9 +320,19 @@ pub async fn upload(
     drop(tx);
     let outcome = job.await.map_err(|_| Problem::new(Reason::Internal))?;
     if let Some(problem) = failure {
-        return Err(problem);
+        return Err(Problem { close: true, ..problem });
     }
-    let info = outcome?.ok_or_else(|| Problem::new(Reason::Internal))?;
+    let info = match outcome {
+        Ok(Some(info)) => info,
+        Ok(None) => return Err(Problem::new(Reason::Internal)),
+        // The body may be partly unread: do not let actix drain it on this connection.
+        Err(e) => {
+            return Err(Problem {
+                close: true,
+                ..e.into()
+            });
+        }
+    };
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/documents/{}", info.id)))
         .insert_header((header::ETAG, etag(&info)))
@@ -552,9 +561,8 @@ pub async fn download(
 pub async fn meta(caller: Caller, id: web::Path<String>, state: web::Data<State>) -> Result<HttpResponse, Problem> {
     require_document_role(&caller)?;
     let info = visible(&state, &caller, &id).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(&info)))
-        .json(DocumentJson::from(&info)))
+    // No ETag: the content's tag does not change when the metadata does.
+    Ok(HttpResponse::Ok().json(DocumentJson::from(&info)))
 }
 
 /// Body of `PATCH /v1/documents/{id}/meta`; absent fields stay as they are.
@@ -606,9 +614,7 @@ pub async fn patch_meta(
         Ok(info) => info,
         Err(e) => return Err(hide_damage(&state, &caller, id, e).await),
     };
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, etag(&info)))
-        .json(DocumentJson::from(&info)))
+    Ok(HttpResponse::Ok().json(DocumentJson::from(&info)))
 }
 
 const NOT_PERMITTED: &str = "only the owner or an admin can change or delete this document";
