@@ -7,20 +7,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::client::{ClientSetup, Connection, Response};
+use common::client::{ClientSetup, Connection, raw_tls, read_response};
 use common::*;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// How long a server start may take (the first `serve --dev` creates a coffer).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -594,51 +591,6 @@ fn config_check_validates_the_new_limits_and_names_the_key() {
         "serve with COFFER_BODY_IDLE_TIMEOUT_SECS=0",
     );
     assert!(stderr.contains("limits.body_idle_timeout_secs"), "{stderr}");
-}
-
-type RawStream = StreamOwned<ClientConnection, TcpStream>;
-
-fn raw_tls(config: Arc<ClientConfig>, addr: SocketAddr) -> RawStream {
-    let name = ServerName::try_from("localhost".to_owned()).expect("server name");
-    let conn = ClientConnection::new(config, name).expect("client connection");
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
-    let mut stream = StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).expect("handshake");
-    }
-    stream
-}
-
-/// Reads one response whose body has a Content-Length.
-fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, format!("no status line ({line:?})")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed inside the head"));
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (n, v) = line.split_once(':').expect("header line");
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map_or(0, |(_, v)| v.parse().expect("content-length"));
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
-    Ok(Response { status, headers, body })
 }
 
 #[test]

@@ -1060,7 +1060,8 @@ fn bad_patch_bodies_are_invalid_request_and_change_nothing() {
         r#"{"tags":[""]}"#,
         long_title.as_str(),
     ] {
-        let res = patch(&mut alice.conn, &id, body);
+        // A fresh connection each: the server closes one whose JSON body it refused.
+        let res = patch(&mut server.connect(&alice.identity), &id, body);
         assert_problem(&res, 400, "invalid-request");
     }
     // Without a JSON content type (refused before the body is read: the server closes
@@ -1071,7 +1072,7 @@ fn bad_patch_bodies_are_invalid_request_and_change_nothing() {
         .expect("PATCH");
     assert_problem(&res, 400, "invalid-request");
     assert_eq!(
-        get(&mut alice.conn, &meta_path(&id), &[]).json(),
+        get(&mut server.connect(&alice.identity), &meta_path(&id), &[]).json(),
         doc,
         "a bad PATCH changed the document"
     );

@@ -4,9 +4,10 @@
 //! keep-alive connection. Self-contained (benches include it by path).
 #![allow(dead_code)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -287,4 +288,54 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+// ---- raw access, for tests that send partial requests or watch the server close ----
+
+pub type RawStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection without the test client's framing, with a read timeout, so a test can
+/// send part of a request, pause, or see the server close the connection.
+pub fn raw_tls(config: Arc<ClientConfig>, addr: SocketAddr) -> RawStream {
+    let name = ServerName::try_from("localhost".to_owned()).expect("server name");
+    let conn = ClientConnection::new(config, name).expect("client connection");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).expect("handshake");
+    }
+    stream
+}
+
+/// Reads one response whose body has a Content-Length.
+pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, format!("no status line ({line:?})")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "closed inside the head"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (n, v) = line.split_once(':').expect("header line");
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().expect("content-length"));
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    Ok(Response { status, headers, body })
 }
