@@ -14,31 +14,6 @@ use coffer::secret::Passphrase;
 use common::*;
 use sha2::{Digest, Sha256};
 
-/// Cheap argon2id for new password hashes (and key files made from the environment).
-const CHEAP_KDF_ENV: [(&str, &str); 3] = [
-    ("COFFER_KDF_MEMORY_KIB", "64"),
-    ("COFFER_KDF_ITERATIONS", "1"),
-    ("COFFER_KDF_PARALLELISM", "1"),
-];
-
-/// Removes every variable the configuration or the passphrase could come from, so the
-/// environment of whoever runs the tests cannot leak in, and runs in `cwd` (so no stray
-/// `./coffer.toml` is picked up).
-fn isolate(cmd: &mut Command, cwd: &Path) {
-    for (name, _) in coffer::config::ENV_KEYS {
-        cmd.env_remove(name);
-    }
-    for name in [
-        coffer::config::CONFIG_ENV,
-        "COFFER_PASSPHRASE",
-        "COFFER_PASSPHRASE_FILE",
-        "CREDENTIALS_DIRECTORY",
-    ] {
-        cmd.env_remove(name);
-    }
-    cmd.current_dir(cwd).stdin(Stdio::null());
-}
-
 /// `coffer --data-dir .. --keys-dir ..` for `dirs`, in its temp dir, with the test
 /// passphrase and cheap argon2id in the environment.
 fn coffer(dirs: &TestDirs) -> Command {

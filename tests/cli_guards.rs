@@ -22,40 +22,24 @@ use common::*;
 /// How long a server start may take (the first `serve --dev` creates a coffer).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-const CHEAP_KDF_ENV: [(&str, &str); 3] = [
-    ("COFFER_KDF_MEMORY_KIB", "64"),
-    ("COFFER_KDF_ITERATIONS", "1"),
-    ("COFFER_KDF_PARALLELISM", "1"),
-];
-
 /// Nothing from the caller's environment that could choose a configuration, directories,
-/// a listen address or a passphrase; runs in `cwd` (so no stray `./coffer.toml`).
-fn isolate(cmd: &mut Command, cwd: &Path) {
-    for (name, _) in coffer::config::ENV_KEYS {
-        cmd.env_remove(name);
-    }
-    for name in [
-        coffer::config::CONFIG_ENV,
-        "COFFER_PASSPHRASE",
-        "COFFER_PASSPHRASE_FILE",
-        "CREDENTIALS_DIRECTORY",
-    ] {
-        cmd.env_remove(name);
-    }
-    cmd.envs(CHEAP_KDF_ENV).current_dir(cwd).stdin(Stdio::null());
+/// a listen address or a passphrase; cheap argon2id; runs in `cwd`.
+fn isolate_cheap(cmd: &mut Command, cwd: &Path) {
+    isolate(cmd, cwd);
+    cmd.envs(CHEAP_KDF_ENV);
 }
 
 /// `coffer` in `cwd` with default directories (`./keys`, `./data`).
 fn coffer_in(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer"));
-    isolate(&mut cmd, cwd);
+    isolate_cheap(&mut cmd, cwd);
     cmd
 }
 
 /// `coffer --data-dir .. --keys-dir ..` for `dirs`, with the test passphrase.
 fn coffer(dirs: &TestDirs) -> Command {
     let mut cmd = coffer_command(&dirs.paths);
-    isolate(&mut cmd, dirs.root.path());
+    isolate_cheap(&mut cmd, dirs.root.path());
     cmd.env("COFFER_PASSPHRASE", PASSPHRASE);
     cmd
 }

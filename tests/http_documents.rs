@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use sha2::Digest;
 
 use common::client::{Connection, Response};
-use common::server::{Identity, TestServer, assert_problem, sha256_hex, start_server, start_server_with, test_options};
+use common::server::{
+    Identity, TestServer, assert_problem, content_path, id_of, meta_path, post, sha256_hex, start_server,
+    start_server_with, test_options, upload,
+};
 use common::{RawContents, STAGING, TestDirs, pattern, raw_documents_and_chunks, raw_len};
 
 /// Plaintext bytes per stored chunk.
@@ -43,38 +46,6 @@ fn admin(server: &TestServer, name: &str) -> Caller {
     let identity = server.issue_device(user.id);
     let conn = server.connect(&identity);
     Caller { identity, conn }
-}
-
-fn post(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut headers = vec![("x-coffer-name", name)];
-    headers.extend_from_slice(extra);
-    conn.request("POST", "/v1/documents", &headers, body)
-        .expect("upload request")
-}
-
-/// Uploads and returns the 201 JSON.
-#[track_caller]
-fn upload(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> Value {
-    let res = post(conn, name, extra, body);
-    assert_eq!(
-        res.status,
-        201,
-        "upload of {name}: {}",
-        String::from_utf8_lossy(&res.body)
-    );
-    res.json()
-}
-
-fn id_of(doc: &Value) -> String {
-    doc["id"].as_str().expect("id").to_owned()
-}
-
-fn content_path(id: &str) -> String {
-    format!("/v1/documents/{id}")
-}
-
-fn meta_path(id: &str) -> String {
-    format!("/v1/documents/{id}/meta")
 }
 
 fn get(conn: &mut Connection, path: &str, headers: &[(&str, &str)]) -> Response {

@@ -20,7 +20,10 @@ use rustls::ClientConfig;
 use serde_json::{Value, json};
 
 use common::client::{ClientSetup, Connection, RawStream, Response, raw_tls, read_response};
-use common::server::{Identity, TestServer, assert_problem, sha256_hex, start_server, start_server_with, test_options};
+use common::server::{
+    Identity, TestServer, assert_problem, content_path, id_of, meta_path, post, sha256_hex, start_server,
+    start_server_with, test_options, upload,
+};
 use common::{STAGING, TestDirs, flip_bit, passphrase, pattern, raw_documents_and_chunks, raw_len};
 
 const MIB: usize = 1024 * 1024;
@@ -40,41 +43,10 @@ fn member_device(server: &TestServer, name: &str) -> Identity {
     server.issue_device(user.id)
 }
 
-fn post(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut headers = vec![("x-coffer-name", name)];
-    headers.extend_from_slice(extra);
-    conn.request("POST", "/v1/documents", &headers, body)
-        .expect("upload request")
-}
-
 /// Uploads on a fresh connection (a refused upload's connection may be closed) and
 /// returns the answer.
 fn post_fresh(server: &TestServer, who: &Identity, name: &str, body: &[u8]) -> Response {
     post(&mut server.connect(who), name, &[], body)
-}
-
-#[track_caller]
-fn upload(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> Value {
-    let res = post(conn, name, extra, body);
-    assert_eq!(
-        res.status,
-        201,
-        "upload of {name}: {}",
-        String::from_utf8_lossy(&res.body)
-    );
-    res.json()
-}
-
-fn id_of(doc: &Value) -> String {
-    doc["id"].as_str().expect("id").to_owned()
-}
-
-fn content_path(id: &str) -> String {
-    format!("/v1/documents/{id}")
-}
-
-fn meta_path(id: &str) -> String {
-    format!("/v1/documents/{id}/meta")
 }
 
 fn get(conn: &mut Connection, path: &str) -> Response {

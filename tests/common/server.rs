@@ -295,3 +295,41 @@ pub fn assert_problem(res: &Response, status: u16, slug: &str) {
         "problem status field"
     );
 }
+
+// ---- document requests shared by the HTTP tests ----
+
+/// `POST /v1/documents` with `X-Coffer-Name: name` and `extra` headers.
+pub fn post(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut headers = vec![("x-coffer-name", name)];
+    headers.extend_from_slice(extra);
+    conn.request("POST", "/v1/documents", &headers, body)
+        .expect("upload request")
+}
+
+/// Uploads and returns the 201 JSON.
+#[track_caller]
+pub fn upload(conn: &mut Connection, name: &str, extra: &[(&str, &str)], body: &[u8]) -> serde_json::Value {
+    let res = post(conn, name, extra, body);
+    assert_eq!(
+        res.status,
+        201,
+        "upload of {name}: {}",
+        String::from_utf8_lossy(&res.body)
+    );
+    res.json()
+}
+
+/// The `id` of a document JSON.
+pub fn id_of(doc: &serde_json::Value) -> String {
+    doc["id"].as_str().expect("id").to_owned()
+}
+
+/// `/v1/documents/{id}`.
+pub fn content_path(id: &str) -> String {
+    format!("/v1/documents/{id}")
+}
+
+/// `/v1/documents/{id}/meta`.
+pub fn meta_path(id: &str) -> String {
+    format!("/v1/documents/{id}/meta")
+}
