@@ -513,6 +513,7 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
                 .hash_password(&Passphrase::new("x".repeat(12)))
                 .unwrap(),
             disabled: false,
+            totp: None,
         })
         .unwrap();
     let device = vault.issue_device(user.id, "bench", 30).unwrap();

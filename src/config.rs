@@ -42,6 +42,11 @@ pub struct Config {
     pub argon2: Argon2Config,
     /// Certificate lifetimes.
     pub pki: PkiConfig,
+    /// Request signatures, sessions, login lockout and failure rate limits.
+    pub auth: AuthConfig,
+    /// The URL devices reach the server at (`https://host:port`), written into client
+    /// profiles; default: the server certificate's first name and the listen port.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -55,6 +60,8 @@ impl Default for Config {
             limits: Limits::default(),
             argon2: Argon2Config::default(),
             pki: PkiConfig::default(),
+            auth: AuthConfig::default(),
+            public_url: None,
         }
     }
 }
@@ -172,6 +179,53 @@ impl Default for PkiConfig {
     }
 }
 
+/// `[auth]`: how requests prove who sent them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require an AWS SigV4 signature on every `/v1/` request.
+    pub signatures: bool,
+    /// Require a user session (`X-Amz-Security-Token`) for documents.
+    pub sessions: bool,
+    /// The SigV4 region (the service is always `coffer`).
+    pub region: String,
+    /// Absolute lifetime of a session, seconds.
+    pub session_ttl_secs: u32,
+    /// A session unused for this long expires, seconds.
+    pub session_idle_secs: u32,
+    /// Failed logins in a row that lock the account.
+    pub max_login_failures: u32,
+    /// The first lock's length, seconds; each further failure doubles it.
+    pub lockout_secs: u32,
+    /// The longest lock, seconds.
+    pub lockout_max_secs: u32,
+    /// Authentication failures one device may make per minute (burst and refill).
+    pub device_failures_per_minute: u32,
+    /// Authentication failures per minute from one IP address that are not attributable to
+    /// an active device, and the budget for devices that are already failing.
+    pub ip_failures_per_minute: u32,
+    /// Password verifications (argon2id, ~64 MiB each) running at once.
+    pub max_password_checks: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            signatures: true,
+            sessions: true,
+            region: "local".to_owned(),
+            session_ttl_secs: 8 * 3600,
+            session_idle_secs: 30 * 60,
+            max_login_failures: 5,
+            lockout_secs: 60,
+            lockout_max_secs: 3600,
+            device_failures_per_minute: 10,
+            ip_failures_per_minute: 60,
+            max_password_checks: 2,
+        }
+    }
+}
+
 /// The configuration is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -231,6 +285,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_CA_DAYS", "pki.ca_days"),
     ("COFFER_SERVER_CERT_DAYS", "pki.server_days"),
     ("COFFER_DEVICE_CERT_DAYS", "pki.device_days"),
+    ("COFFER_SIGNATURES", "auth.signatures"),
+    ("COFFER_SESSIONS", "auth.sessions"),
+    ("COFFER_REGION", "auth.region"),
+    ("COFFER_SESSION_TTL_SECS", "auth.session_ttl_secs"),
+    ("COFFER_SESSION_IDLE_SECS", "auth.session_idle_secs"),
+    ("COFFER_MAX_LOGIN_FAILURES", "auth.max_login_failures"),
+    ("COFFER_LOCKOUT_SECS", "auth.lockout_secs"),
+    ("COFFER_LOCKOUT_MAX_SECS", "auth.lockout_max_secs"),
+    ("COFFER_DEVICE_FAILURES_PER_MINUTE", "auth.device_failures_per_minute"),
+    ("COFFER_IP_FAILURES_PER_MINUTE", "auth.ip_failures_per_minute"),
+    ("COFFER_MAX_PASSWORD_CHECKS", "auth.max_password_checks"),
+    ("COFFER_PUBLIC_URL", "public_url"),
 ];
 
 impl Config {
@@ -318,6 +384,18 @@ impl Config {
                 "COFFER_CA_DAYS" => self.pki.ca_days = parse(name, &value)?,
                 "COFFER_SERVER_CERT_DAYS" => self.pki.server_days = parse(name, &value)?,
                 "COFFER_DEVICE_CERT_DAYS" => self.pki.device_days = parse(name, &value)?,
+                "COFFER_SIGNATURES" => self.auth.signatures = parse(name, &value)?,
+                "COFFER_SESSIONS" => self.auth.sessions = parse(name, &value)?,
+                "COFFER_REGION" => self.auth.region = value.trim().to_owned(),
+                "COFFER_SESSION_TTL_SECS" => self.auth.session_ttl_secs = parse(name, &value)?,
+                "COFFER_SESSION_IDLE_SECS" => self.auth.session_idle_secs = parse(name, &value)?,
+                "COFFER_MAX_LOGIN_FAILURES" => self.auth.max_login_failures = parse(name, &value)?,
+                "COFFER_LOCKOUT_SECS" => self.auth.lockout_secs = parse(name, &value)?,
+                "COFFER_LOCKOUT_MAX_SECS" => self.auth.lockout_max_secs = parse(name, &value)?,
+                "COFFER_DEVICE_FAILURES_PER_MINUTE" => self.auth.device_failures_per_minute = parse(name, &value)?,
+                "COFFER_IP_FAILURES_PER_MINUTE" => self.auth.ip_failures_per_minute = parse(name, &value)?,
+                "COFFER_MAX_PASSWORD_CHECKS" => self.auth.max_password_checks = parse(name, &value)?,
+                "COFFER_PUBLIC_URL" => self.public_url = Some(value.trim().to_owned()),
                 _ => {}
             }
         }
@@ -371,6 +449,43 @@ impl Config {
         }
         if !(1..=3650).contains(&self.pki.device_days) {
             return invalid("pki.device_days", "must be 1 to 3650");
+        }
+        let a = &self.auth;
+        let region_ok = !a.region.is_empty()
+            && a.region.len() <= 64
+            && a.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !region_ok {
+            return invalid("auth.region", "must be 1 to 64 letters, digits, '-' or '_'");
+        }
+        if !(60..=30 * 86_400).contains(&a.session_ttl_secs) {
+            return invalid("auth.session_ttl_secs", "must be 60 to 2592000 (30 days)");
+        }
+        if !(60..=a.session_ttl_secs).contains(&a.session_idle_secs) {
+            return invalid("auth.session_idle_secs", "must be 60 to auth.session_ttl_secs");
+        }
+        if !(1..=100).contains(&a.max_login_failures) {
+            return invalid("auth.max_login_failures", "must be 1 to 100");
+        }
+        if !(1..=86_400).contains(&a.lockout_secs) {
+            return invalid("auth.lockout_secs", "must be 1 to 86400");
+        }
+        if !(a.lockout_secs..=30 * 86_400).contains(&a.lockout_max_secs) {
+            return invalid("auth.lockout_max_secs", "must be auth.lockout_secs to 2592000");
+        }
+        if !(1..=100_000).contains(&a.device_failures_per_minute) {
+            return invalid("auth.device_failures_per_minute", "must be 1 to 100000");
+        }
+        if !(1..=1_000_000).contains(&a.ip_failures_per_minute) {
+            return invalid("auth.ip_failures_per_minute", "must be 1 to 1000000");
+        }
+        if !(1..=64).contains(&a.max_password_checks) {
+            return invalid("auth.max_password_checks", "must be 1 to 64");
+        }
+        if let Some(url) = &self.public_url {
+            let ok = url.starts_with("https://") && url.len() > 8 && !url.chars().any(char::is_whitespace);
+            if !ok {
+                return invalid("public_url", "must be an https:// URL such as https://coffer.example.com:8443");
+            }
         }
         Ok(())
     }

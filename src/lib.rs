@@ -13,4 +13,5 @@ pub mod http;
 pub mod model;
 pub mod pki;
 pub mod secret;
+pub mod sigv4;
 pub mod store;

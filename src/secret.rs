@@ -71,6 +71,112 @@ impl SecretKey {
     }
 }
 
+/// A secret string handed to a client once (a device's signing secret, a session token).
+/// Stored sealed; compared in constant time.
+#[derive(Clone)]
+pub struct SecretString(Zeroizing<String>);
+redacted_debug!(SecretString);
+
+impl SecretString {
+    /// Takes ownership of `s`.
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// `bytes` random bytes from the operating system's CSPRNG, base64url without padding
+    /// (so it survives shells, URLs, TOML and `user:password` fields unquoted).
+    pub fn random(bytes: usize) -> Result<Self, getrandom::Error> {
+        use base64::Engine;
+        let mut raw = Zeroizing::new(vec![0u8; bytes]);
+        getrandom::fill(&mut raw)?;
+        let mut s = Zeroizing::new(String::with_capacity(bytes.div_ceil(3) * 4));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(&*raw, &mut s);
+        Ok(Self(s))
+    }
+
+    /// The secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for SecretString {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+impl Eq for SecretString {}
+
+impl serde::Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
+
+/// Secret bytes of any length (a TOTP seed).
+#[derive(Clone)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+redacted_debug!(SecretBytes);
+
+impl SecretBytes {
+    /// `len` random bytes.
+    pub fn random(len: usize) -> Result<Self, getrandom::Error> {
+        let mut v = Zeroizing::new(vec![0u8; len]);
+        getrandom::fill(&mut v)?;
+        Ok(Self(v))
+    }
+
+    /// Takes ownership of `v`.
+    pub fn new(v: Vec<u8>) -> Self {
+        Self(Zeroizing::new(v))
+    }
+
+    /// The bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for SecretBytes {}
+
+impl serde::Serialize for SecretBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SecretBytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SecretBytes, E> {
+                Ok(SecretBytes::new(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<SecretBytes, E> {
+                Ok(SecretBytes::new(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,6 +267,7 @@ fn device_record_past_its_expiry_is_401_device_expired() {
                 name: "lapsed".into(),
                 thumbprint: coffer::pki::thumbprint(&cert),
                 revoked: false,
+                signing_secret: None,
             },
             Timestamp(Timestamp::now().0 - 1000),
         )

@@ -41,6 +41,7 @@ fn control_characters_in_user_names_are_refused() {
             role: Role::Member,
             password_hash: "x".into(),
             disabled: false,
+            totp: None,
         })
         .unwrap_err();
     assert!(matches!(err, VaultError::Invalid(_)), "{err:?}");
@@ -65,6 +66,7 @@ fn device_names_are_checked_like_user_names() {
             name: name.to_owned(),
             thumbprint: thumbprint(9),
             revoked: false,
+            signing_secret: None,
         };
         let err = vault
             .add_device(owner.id, body, coffer::model::Timestamp::now())

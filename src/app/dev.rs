@@ -169,6 +169,7 @@ pub fn prepare(
                 role: Role::Member,
                 password_hash: hash,
                 disabled: false,
+                totp: None,
             })?;
             write_private(&password_file(paths), &password)?;
             report.created_user = true;

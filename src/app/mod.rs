@@ -8,6 +8,7 @@ pub mod init;
 pub mod keys;
 pub mod pki;
 pub mod principals;
+pub mod sessions;
 mod sealing;
 pub mod unlock;
 

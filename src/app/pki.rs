@@ -217,7 +217,7 @@ impl Vault {
         Ok(cert_info(&cert, "server.crt")?)
     }
 
-    /// Makes a key pair and a client certificate for a new device of `owner`, and
+    /// Makes a key pair, a client certificate and a signing secret for a new device of `owner`, and
     /// registers the device under the certificate's thumbprint.
     pub fn issue_device(&self, owner: UserId, name: &str, days: u32) -> Result<IssuedDevice, PkiFileError> {
         self.user(owner)?;
@@ -233,6 +233,7 @@ impl Vault {
                 name: name.to_owned(),
                 thumbprint: crate::pki::thumbprint(&cert_der),
                 revoked: false,
+                signing_secret: Some(new_signing_secret()?),
             },
             Timestamp(info.not_after.saturating_mul(1000)),
         )?;
@@ -243,4 +244,10 @@ impl Vault {
             ca_der: ca.cert_der().to_vec(),
         })
     }
+}
+
+/// A fresh SigV4 signing secret: 240 random bits as 40 base64url characters (the length
+/// of an AWS secret access key).
+pub fn new_signing_secret() -> Result<crate::secret::SecretString, VaultError> {
+    crate::secret::SecretString::random(30).map_err(|e| VaultError::Seal(e.into()))
 }

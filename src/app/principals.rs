@@ -11,6 +11,7 @@ use super::{Vault, VaultError};
 use crate::crypto::keyfile::MasterKey;
 use crate::crypto::labels::{AAD_META, Purpose};
 use crate::model::{DeviceId, Role, Timestamp, UserId};
+use crate::secret::{SecretBytes, SecretString};
 use crate::store::{Reindex, StoredDevice, StoredUser};
 
 /// A user's sealed fields.
@@ -24,6 +25,8 @@ pub struct UserBody {
     pub password_hash: String,
     /// A disabled user cannot log in and their devices are refused.
     pub disabled: bool,
+    /// RFC 6238 TOTP seed, if the user enrolled a second factor.
+    pub totp: Option<SecretBytes>,
 }
 
 impl std::fmt::Debug for UserBody {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for UserBody {
             .field("role", &self.role)
             .field("password_hash", &"[redacted]")
             .field("disabled", &self.disabled)
+            .field("totp", &self.totp.is_some())
             .finish()
     }
 }
@@ -46,6 +50,8 @@ pub struct DeviceBody {
     pub thumbprint: [u8; 32],
     /// Revoked devices are refused.
     pub revoked: bool,
+    /// The SigV4 signing secret (absent on devices issued before signatures existed).
+    pub signing_secret: Option<SecretString>,
 }
 
 impl std::fmt::Debug for DeviceBody {
@@ -57,14 +63,62 @@ impl std::fmt::Debug for DeviceBody {
     }
 }
 
+/// Format 1 of a user body (before TOTP).
+#[derive(Serialize, Deserialize)]
+struct UserBodyV1 {
+    name: String,
+    role: Role,
+    password_hash: String,
+    disabled: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 enum UserBodyRecord {
-    V1(UserBody),
+    V1(UserBodyV1),
+    V2(UserBody),
+}
+
+impl UserBodyRecord {
+    fn into_body(self) -> UserBody {
+        match self {
+            Self::V1(b) => UserBody {
+                name: b.name,
+                role: b.role,
+                password_hash: b.password_hash,
+                disabled: b.disabled,
+                totp: None,
+            },
+            Self::V2(b) => b,
+        }
+    }
+}
+
+/// Format 1 of a device body (before signing secrets).
+#[derive(Serialize, Deserialize)]
+struct DeviceBodyV1 {
+    name: String,
+    thumbprint: [u8; 32],
+    revoked: bool,
 }
 
 #[derive(Serialize, Deserialize)]
 enum DeviceBodyRecord {
-    V1(DeviceBody),
+    V1(DeviceBodyV1),
+    V2(DeviceBody),
+}
+
+impl DeviceBodyRecord {
+    fn into_body(self) -> DeviceBody {
+        match self {
+            Self::V1(b) => DeviceBody {
+                name: b.name,
+                thumbprint: b.thumbprint,
+                revoked: b.revoked,
+                signing_secret: None,
+            },
+            Self::V2(b) => b,
+        }
+    }
 }
 
 /// A user with its decrypted fields.
@@ -157,8 +211,9 @@ impl Vault {
     }
 
     fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
-        let UserBodyRecord::V1(body) =
-            self.open_body(Purpose::User, id.0, &[], u.key_version, &u.wrapped_dek, &u.sealed)?;
+        let body = self
+            .open_body::<UserBodyRecord>(Purpose::User, id.0, &[], u.key_version, &u.wrapped_dek, &u.sealed)?
+            .into_body();
         Ok(UserInfo {
             id,
             created: u.created,
@@ -167,14 +222,16 @@ impl Vault {
     }
 
     fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
-        let DeviceBodyRecord::V1(body) = self.open_body(
-            Purpose::Device,
-            id.0,
-            &device_bound(d.owner, d.expires),
-            d.key_version,
-            &d.wrapped_dek,
-            &d.sealed,
-        )?;
+        let body = self
+            .open_body::<DeviceBodyRecord>(
+                Purpose::Device,
+                id.0,
+                &device_bound(d.owner, d.expires),
+                d.key_version,
+                &d.wrapped_dek,
+                &d.sealed,
+            )?
+            .into_body();
         Ok(DeviceInfo {
             id,
             owner: d.owner,
@@ -196,7 +253,7 @@ impl Vault {
         }
         let id = UserId::random().map_err(crate::crypto::SealError::from)?;
         let (key_version, wrapped_dek, sealed) =
-            self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(body.clone()))?;
+            self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V2(body.clone()))?;
         let now = Timestamp::now();
         let stored = StoredUser {
             created: now,
@@ -255,7 +312,7 @@ impl Vault {
             change(&mut info.body);
             info.body.name = name;
             let (key_version, wrapped_dek, sealed) =
-                self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V1(info.body.clone()))?;
+                self.seal_body(Purpose::User, id.0, &[], &UserBodyRecord::V2(info.body.clone()))?;
             let reindex = self.reindex(old.key_version, key_version, INDEX_USER_NAME, info.body.name.as_bytes());
             let stored = StoredUser {
                 updated: Timestamp::now(),
@@ -267,7 +324,12 @@ impl Vault {
             updated = Some(info);
             Ok::<_, VaultError>((stored, reindex))
         })?;
-        updated.ok_or(VaultError::NotFound("user"))
+        let info = updated.ok_or(VaultError::NotFound("user"))?;
+        if info.body.disabled {
+            // A disabled user's sessions end with it (re-enabling does not revive them).
+            self.end_user_sessions(id)?;
+        }
+        Ok(info)
     }
 
     /// Registers a device for `owner` with its certificate thumbprint, under a new id.
@@ -297,7 +359,7 @@ impl Vault {
             Purpose::Device,
             id.0,
             &device_bound(owner, expires),
-            &DeviceBodyRecord::V1(body.clone()),
+            &DeviceBodyRecord::V2(body.clone()),
         )?;
         let now = Timestamp::now();
         let stored = StoredDevice {
@@ -368,7 +430,7 @@ impl Vault {
                 Purpose::Device,
                 id.0,
                 &device_bound(old.owner, old.expires),
-                &DeviceBodyRecord::V1(info.body.clone()),
+                &DeviceBodyRecord::V2(info.body.clone()),
             )?;
             let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
             let stored = StoredDevice {
@@ -381,7 +443,9 @@ impl Vault {
             updated = Some(info);
             Ok::<_, VaultError>((stored, reindex))
         })?;
-        updated.ok_or(VaultError::NotFound("device"))
+        let info = updated.ok_or(VaultError::NotFound("device"))?;
+        self.end_device_sessions(id)?;
+        Ok(info)
     }
 
     /// The index move for a record re-sealed from version `from` to `to` (None if equal or

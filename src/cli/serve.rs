@@ -150,6 +150,7 @@ impl ServeCmd {
             tls_min: ctx.config.tls.min_version,
             limits: ctx.config.limits.clone(),
             workers: None,
+            auth: ctx.config.auth.clone(),
         };
         raise_open_files(ctx.config.limits.max_connections);
         let server = start(Arc::new(vault), options)?;

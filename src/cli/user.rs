@@ -76,6 +76,7 @@ impl UserCmd {
                     role: cmd.role,
                     password_hash: hash,
                     disabled: false,
+                    totp: None,
                 })?;
                 println!("added {} ({}), id {}", user.body.name, user.body.role.as_str(), user.id);
             }

@@ -6,6 +6,7 @@ pub mod kdf;
 pub mod keyfile;
 pub mod labels;
 pub mod stream;
+pub mod totp;
 
 /// Authenticated decryption failed: the bytes were altered, truncated, reordered, moved
 /// between objects, or sealed under another key. Deliberately carries no detail.

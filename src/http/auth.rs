@@ -1,16 +1,49 @@
-//! Who is calling: the client certificate's thumbprint (captured once per connection),
-//! looked up on every request, so a revocation or a disabled owner takes effect on the
-//! next request even on an open keep-alive connection.
+//! Who is calling, checked on every request in the design's order: the client
+//! certificate's device (active, owner enabled), the failure budget, the SigV4 signature
+//! (scope, clock, replay), and the user session bound to that device.
+//!
+//! The certificate's thumbprint is captured once per connection and looked up on every
+//! request, so a revocation or a disabled owner takes effect on the next request even on
+//! an open keep-alive connection.
 
 use std::future::{Ready, ready};
+use std::net::IpAddr;
 
 use actix_web::dev::Payload;
+use actix_web::http::Method;
 use actix_web::{FromRequest, HttpRequest, web};
+use zeroize::Zeroizing;
 
 use super::State;
 use super::error::{Problem, Reason};
+use super::replay::ReplayError;
 use crate::app::principals::{DeviceInfo, UserInfo};
-use crate::model::{Role, Timestamp};
+use crate::app::sessions::{SessionPolicy, ValidSession};
+use crate::model::{DeviceId, Role, Timestamp};
+use crate::sigv4::{self, Authorization, SigError};
+
+/// The SigV4 service name.
+pub const SERVICE: &str = "coffer";
+/// The session token header.
+pub const TOKEN_HEADER: &str = "x-amz-security-token";
+/// Allowed clock difference between a request's `x-amz-date` and the server, seconds.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// How the server authenticates requests (from `[auth]`).
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    /// Require signatures.
+    pub signatures: bool,
+    /// Require sessions for members' and admins' requests.
+    pub sessions: bool,
+    /// SigV4 region.
+    pub region: String,
+    /// Session and lockout rules.
+    pub policy: SessionPolicy,
+    /// Requests signed before this Unix second are refused (the first whole second after
+    /// the server started, so no request accepted by an earlier process can be replayed).
+    pub not_before: i64,
+}
 
 /// Connection data: the SHA-256 thumbprint of the client's leaf certificate, if any.
 #[derive(Clone, Copy, Debug)]
@@ -30,13 +63,16 @@ pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions
     ext.insert(ClientCert(thumbprint));
 }
 
-/// An authenticated caller: an active device and its enabled owner.
+/// An authenticated caller: an active device, its enabled owner, and (when sessions are
+/// on and the route needs one) the session.
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The device of the client certificate.
     pub device: DeviceInfo,
     /// Its owner.
     pub user: UserInfo,
+    /// The session the request carried, if one was required.
+    pub session: Option<ValidSession>,
 }
 
 impl Caller {
@@ -46,42 +82,569 @@ impl Caller {
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Caller, Problem> {
-    let state = req
-        .app_data::<web::Data<State>>()
-        .ok_or_else(|| Problem::new(Reason::Internal))?;
-    let thumbprint = req.conn_data::<ClientCert>().and_then(|c| c.0).ok_or_else(|| {
-        Problem::detail(
-            Reason::ClientCertificateRequired,
-            "connect with the device's client certificate, or enrol the device",
-        )
-    })?;
-    let device = state
-        .vault
-        .device_by_thumbprint(&thumbprint)?
-        .ok_or_else(|| Problem::new(Reason::DeviceUnknown))?;
+/// What the signature's payload hash is checked against.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    /// The route reads no body: the hash is `x-amz-content-sha256` if sent, else the empty
+    /// body's.
+    Ignored,
+    /// A small body read in full.
+    Bytes(&'a [u8]),
+}
+
+/// The certificate's device and owner, checked, before the signature.
+pub struct Identified {
+    device: DeviceInfo,
+    user: UserInfo,
+}
+
+fn state(req: &HttpRequest) -> Result<&web::Data<State>, Problem> {
+    req.app_data::<web::Data<State>>()
+        .ok_or_else(|| Problem::new(Reason::Internal))
+}
+
+fn peer_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// Where a request came from, for the log (owned, so it can cross threads).
+#[derive(Clone, Debug)]
+pub struct Origin {
+    method: String,
+    path: String,
+    ip: Option<IpAddr>,
+}
+
+impl Origin {
+    /// The request's method, path and peer address.
+    pub fn of(req: &HttpRequest) -> Self {
+        Self {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            ip: peer_ip(req),
+        }
+    }
+}
+
+/// Logs a refusal and spends the failure budgets; returns the problem.
+pub(crate) fn refuse(state: &State, req: &HttpRequest, device: Option<DeviceId>, problem: Problem, why: &str) -> Problem {
+    refuse_at(state, &Origin::of(req), device, problem, why)
+}
+
+fn refuse_at(state: &State, origin: &Origin, device: Option<DeviceId>, problem: Problem, why: &str) -> Problem {
+    state.limiter.fail(device, origin.ip);
+    let who = device.map_or_else(|| "-".to_owned(), |d| d.to_string());
+    let ip = origin.ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
+    eprintln!(
+        "auth: refused {} {} {}: {} (device {who}, ip {ip})",
+        origin.method,
+        origin.path,
+        problem.reason.slug(),
+        why
+    );
+    problem
+}
+
+/// Checks the certificate's device and owner and the failure budget.
+pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
+    let state = state(req)?;
+    let ip = peer_ip(req);
+    let Some(thumbprint) = req.conn_data::<ClientCert>().and_then(|c| c.0) else {
+        return Err(refuse(
+            state,
+            req,
+            None,
+            Problem::detail(
+                Reason::ClientCertificateRequired,
+                "connect with the device's client certificate, or enrol the device",
+            ),
+            "no client certificate",
+        ));
+    };
+    let device = state.vault.device_by_thumbprint(&thumbprint)?;
+    // A certificate that names no active device is budgeted by address only.
+    let limited = |id: Option<DeviceId>| state.limiter.check(id, ip).map_err(too_many_failures);
+    let Some(device) = device else {
+        limited(None)?;
+        return Err(refuse(state, req, None, Problem::new(Reason::DeviceUnknown), "unknown certificate"));
+    };
     if device.body.revoked {
-        return Err(Problem::detail(Reason::DeviceRevoked, "enrol the device again"));
+        limited(None)?;
+        return Err(refuse(
+            state,
+            req,
+            None,
+            Problem::detail(Reason::DeviceRevoked, "enrol the device again"),
+            "revoked device",
+        ));
     }
     if device.expires <= Timestamp::now() {
-        return Err(Problem::detail(Reason::DeviceExpired, "enrol the device again"));
+        limited(None)?;
+        return Err(refuse(
+            state,
+            req,
+            None,
+            Problem::detail(Reason::DeviceExpired, "enrol the device again"),
+            "expired device",
+        ));
     }
+    limited(Some(device.id))?;
     let user = match state.vault.user(device.owner) {
         Ok(u) => u,
-        Err(crate::app::VaultError::NotFound(_)) => return Err(Problem::new(Reason::DeviceUnknown)),
+        Err(crate::app::VaultError::NotFound(_)) => {
+            return Err(refuse(state, req, None, Problem::new(Reason::DeviceUnknown), "owner missing"));
+        }
         Err(e) => return Err(e.into()),
     };
     if user.body.disabled {
-        return Err(Problem::new(Reason::UserDisabled));
+        return Err(refuse(state, req, None, Problem::new(Reason::UserDisabled), "owner disabled"));
     }
-    Ok(Caller { device, user })
+    Ok(Identified { device, user })
 }
 
+fn too_many_failures(wait: u64) -> Problem {
+    Problem {
+        retry_after: Some(wait),
+        ..Problem::detail(
+            Reason::TooManyAuthFailures,
+            format!("too many failed authentications from this device or address; retry in {wait} s"),
+        )
+    }
+}
+
+/// A signature whose payload hash is only known once the streamed body has been read.
+pub struct PendingSignature {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, Vec<u8>)>,
+    auth: Authorization,
+    amz_date: String,
+    date_secs: i64,
+    key: Zeroizing<[u8; 32]>,
+    device: DeviceId,
+}
+
+/// What a streamed body must still prove once it has been read.
+pub enum BodyCheck {
+    /// Nothing (signatures are off).
+    None,
+    /// The signature is verified; the body's SHA-256 must equal the signed
+    /// `x-amz-content-sha256`.
+    Expect([u8; 32]),
+    /// The signature covers the body's SHA-256: verify it then.
+    Deferred(Box<PendingSignature>),
+}
+
+impl BodyCheck {
+    /// Checks the body's SHA-256; for a deferred signature, verifies it and records it
+    /// against replays. Nothing may be committed unless this succeeds.
+    pub fn finish(self, state: &State, origin: &Origin, sha256: &[u8; 32]) -> Result<(), Problem> {
+        match self {
+            Self::None => Ok(()),
+            Self::Expect(expected) => {
+                if bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &sha256[..])) {
+                    Ok(())
+                } else {
+                    Err(payload_mismatch())
+                }
+            }
+            Self::Deferred(p) => {
+                let headers = p.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+                let request = sigv4::Request {
+                    method: &p.method,
+                    path: &p.path,
+                    query: &p.query,
+                    headers,
+                };
+                let hash = sigv4::hex(sha256);
+                if sigv4::verify(&request, &p.auth, &p.amz_date, &hash, &p.key).is_err() {
+                    return Err(refuse_at(
+                        state,
+                        origin,
+                        Some(p.device),
+                        mismatch(),
+                        "signature mismatch (streamed body)",
+                    ));
+                }
+                claim(state, origin, p.device, p.auth.signature, p.date_secs)
+            }
+        }
+    }
+}
+
+fn payload_mismatch() -> Problem {
+    Problem {
+        close: true,
+        ..Problem::detail(
+            Reason::PayloadHashMismatch,
+            "the body's SHA-256 differs from x-amz-content-sha256; nothing was stored",
+        )
+    }
+}
+
+fn mismatch() -> Problem {
+    Problem::detail(
+        Reason::SignatureMismatch,
+        "the signature does not match the request; sign it again with this device's secret (SigV4, service coffer)",
+    )
+}
+
+fn claim(state: &State, origin: &Origin, device: DeviceId, signature: [u8; 32], date_secs: i64) -> Result<(), Problem> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match state.replay.claim(signature, date_secs + MAX_SKEW_SECS + 1, now) {
+        Ok(()) => Ok(()),
+        Err(ReplayError::Replayed) => Err(refuse_at(
+            state,
+            origin,
+            Some(device),
+            Problem {
+                close: true,
+                ..Problem::detail(
+                    Reason::Replayed,
+                    "this signed request was already accepted; to repeat a write, sign it again \
+                     (a new x-amz-date, or a unique signed X-Coffer-Nonce header)",
+                )
+            },
+            "replayed signature",
+        )),
+        Err(ReplayError::Full) => Err(Problem {
+            retry_after: Some(60),
+            close: true,
+            ..Problem::detail(Reason::Unavailable, "too many recent writes to track; retry in a minute")
+        }),
+    }
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The request as the signature sees it.
+fn sig_request(req: &HttpRequest) -> sigv4::Request<'_> {
+    let uri = req.uri();
+    sigv4::Request {
+        method: req.method().as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect(),
+    }
+}
+
+/// Where the payload hash comes from.
+enum PayloadHash<'a> {
+    /// Known now (computed, or the empty body's).
+    Known(String),
+    /// Declared by `x-amz-content-sha256` and signed; the body still has to match.
+    Declared(&'a str, [u8; 32]),
+    /// Only known after the body is read.
+    Later,
+}
+
+impl Identified {
+    /// The device.
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    /// Checks the signature (payload hash known now) and, if `need_session`, the session.
+    pub fn verify(self, req: &HttpRequest, body: Body<'_>, need_session: bool) -> Result<Caller, Problem> {
+        let (caller, check) = self.verify_inner(req, Some(body), need_session)?;
+        debug_assert!(matches!(check, BodyCheck::None));
+        Ok(caller)
+    }
+
+    /// Checks what can be checked before a streamed body is read; the returned
+    /// [`BodyCheck`] must pass before anything is committed.
+    pub fn verify_streamed(self, req: &HttpRequest, need_session: bool) -> Result<(Caller, BodyCheck), Problem> {
+        self.verify_inner(req, None, need_session)
+    }
+
+    fn verify_inner(
+        self,
+        req: &HttpRequest,
+        body: Option<Body<'_>>,
+        need_session: bool,
+    ) -> Result<(Caller, BodyCheck), Problem> {
+        let state = state(req)?;
+        let settings = &state.auth;
+        let id = self.device.id;
+        let check = if settings.signatures {
+            match self.check_signature(state, req, body) {
+                Ok((check, None)) => check,
+                // A write: its signature must not have been accepted before (`claim` logs
+                // and counts a replay itself).
+                Ok((check, Some((signature, date_secs)))) => {
+                    claim(state, &Origin::of(req), id, signature, date_secs)?;
+                    check
+                }
+                Err((problem, why)) => return Err(refuse(state, req, Some(id), problem, &why)),
+            }
+        } else {
+            BodyCheck::None
+        };
+        let session = if need_session && settings.sessions && self.user.body.role != Role::Integration {
+            match self.check_session(state, req) {
+                Ok(s) => Some(s),
+                Err((problem, why)) => return Err(refuse(state, req, Some(id), problem, why)),
+            }
+        } else {
+            None
+        };
+        Ok((
+            Caller {
+                device: self.device,
+                user: self.user,
+                session,
+            },
+            check,
+        ))
+    }
+
+    fn check_session(&self, state: &State, req: &HttpRequest) -> Result<ValidSession, (Problem, &'static str)> {
+        let request = sig_request(req);
+        let token = match request.single(TOKEN_HEADER) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err((
+                    Problem::detail(
+                        Reason::SessionRequired,
+                        "log in (POST /v1/session) and send the token as X-Amz-Security-Token",
+                    ),
+                    "no session token",
+                ));
+            }
+            Err(e) => return Err((Problem::detail(Reason::SessionInvalid, e.to_string()), "bad token header")),
+        };
+        let now = Timestamp::now();
+        match state
+            .vault
+            .check_session(token, self.device.id, self.user.id, &state.auth.policy, now)
+        {
+            Ok(Ok(valid)) => {
+                if valid.needs_touch {
+                    let vault = state.vault.clone();
+                    let hash = valid.token_hash;
+                    // Off the worker thread: a write transaction may wait for another commit.
+                    drop(actix_web::rt::task::spawn_blocking(move || {
+                        if let Err(e) = vault.touch_session(hash, now) {
+                            eprintln!("warning: cannot record a session's last use: {e}");
+                        }
+                    }));
+                }
+                Ok(valid)
+            }
+            Ok(Err(refusal)) => Err((
+                Problem::detail(Reason::SessionInvalid, "the session has ended; log in again"),
+                refusal.as_str(),
+            )),
+            Err(_) => Err((Problem::new(Reason::Internal), "session lookup failed")),
+        }
+    }
+
+    fn check_signature(
+        &self,
+        state: &State,
+        req: &HttpRequest,
+        body: Option<Body<'_>>,
+    ) -> Result<(BodyCheck, Option<([u8; 32], i64)>), (Problem, String)> {
+        let settings = &state.auth;
+        let request = sig_request(req);
+        let invalid = |detail: String| (Problem::detail(Reason::SignatureInvalid, detail.clone()), detail);
+        let value = match request.single("authorization") {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                return Err((
+                    Problem::detail(
+                        Reason::SignatureRequired,
+                        "sign the request with AWS Signature Version 4 (service coffer, this device's credentials)",
+                    ),
+                    "no signature".into(),
+                ));
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let auth = Authorization::parse(value).map_err(|e| invalid(e.to_string()))?;
+        let amz_date = match request.single("x-amz-date") {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(invalid("the x-amz-date header is required".into())),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        let date = sigv4::parse_amz_date(amz_date)
+            .ok_or_else(|| invalid("x-amz-date must look like 20261129T083000Z".into()))?;
+        if amz_date.get(..8) != Some(auth.date.as_str()) {
+            return Err(invalid("the credential's date must be the date of x-amz-date".into()));
+        }
+        if auth.region != settings.region || auth.service != SERVICE {
+            return Err(invalid(format!(
+                "the credential scope must be {}/{}/{SERVICE}/aws4_request",
+                auth.date, settings.region
+            )));
+        }
+        if auth.access_key != self.device.id.to_string() {
+            return Err((
+                Problem::detail(
+                    Reason::AccessKeyMismatch,
+                    "the access key id must be the id of the device whose certificate is used",
+                ),
+                "access key of another device".into(),
+            ));
+        }
+        for required in ["host", "x-amz-date"] {
+            if !auth.signs(required) {
+                return Err(invalid(format!("the {required} header must be signed")));
+            }
+        }
+        for (name, _) in req.headers() {
+            let n = name.as_str();
+            let must = n.starts_with("x-amz-") || n.starts_with("x-coffer-");
+            if must && !auth.signs(n) {
+                return Err(invalid(format!("the {n} header must be signed")));
+            }
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let date_secs = date.unix_timestamp();
+        if (now.unix_timestamp() - date_secs).abs() > MAX_SKEW_SECS {
+            let server_time = sigv4::amz_date(now);
+            return Err((
+                Problem {
+                    server_time: Some(server_time.clone()),
+                    ..Problem::detail(
+                        Reason::RequestTimeSkewed,
+                        format!(
+                            "x-amz-date {amz_date} is more than 5 minutes from the server's time {server_time}; \
+                             correct the clock offset and sign again"
+                        ),
+                    )
+                },
+                "clock skew".into(),
+            ));
+        }
+        if date_secs < settings.not_before {
+            return Err((
+                Problem::detail(
+                    Reason::SignedBeforeStart,
+                    "the request was signed before the server started; sign it again and retry",
+                ),
+                "signed before the server started".into(),
+            ));
+        }
+        let Some(secret) = &self.device.body.signing_secret else {
+            return Err(invalid("this device has no signing secret; issue or enrol it again".into()));
+        };
+        let payload = match request.single("x-amz-content-sha256") {
+            Err(e) => return Err(invalid(e.to_string())),
+            Ok(Some(declared)) => match sigv4::parse_hex32(declared) {
+                Some(bytes) if declared.bytes().all(|b| !b.is_ascii_uppercase()) => {
+                    PayloadHash::Declared(declared, bytes)
+                }
+                _ => {
+                    return Err((
+                        Problem::detail(
+                            Reason::InvalidRequest,
+                            "x-amz-content-sha256 must be the lower-case hex SHA-256 of the body \
+                             (UNSIGNED-PAYLOAD and streaming signatures are not accepted)",
+                        ),
+                        "unusable x-amz-content-sha256".into(),
+                    ));
+                }
+            },
+            Ok(None) => match body {
+                Some(Body::Ignored) => PayloadHash::Known(sigv4::EMPTY_SHA256.to_owned()),
+                Some(Body::Bytes(b)) => PayloadHash::Known(sigv4::sha256_hex(b)),
+                None => PayloadHash::Later,
+            },
+        };
+        if let (PayloadHash::Declared(_, declared), Some(Body::Bytes(b))) = (&payload, body) {
+            let actual: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(b).into();
+            if actual != *declared {
+                return Err((payload_mismatch(), "payload hash mismatch".into()));
+            }
+        }
+        let key = sigv4::signing_key(secret.expose(), &auth.date, &auth.region, &auth.service);
+        let write = is_write(req.method());
+        let check = match payload {
+            PayloadHash::Later => {
+                // Verified (and claimed against replays) once the body's hash is known.
+                return Ok((
+                    BodyCheck::Deferred(Box::new(PendingSignature {
+                    method: request.method.to_owned(),
+                    path: request.path.to_owned(),
+                    query: request.query.to_owned(),
+                    headers: request
+                        .headers
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                        .collect(),
+                    auth,
+                    amz_date: amz_date.to_owned(),
+                    date_secs,
+                        key,
+                        device: self.device.id,
+                    })),
+                    None,
+                ));
+            }
+            PayloadHash::Known(hash) => {
+                sigv4::verify(&request, &auth, amz_date, &hash, &key).map_err(|e| sig_error(e, &invalid))?;
+                BodyCheck::None
+            }
+            PayloadHash::Declared(hash, bytes) => {
+                sigv4::verify(&request, &auth, amz_date, hash, &key).map_err(|e| sig_error(e, &invalid))?;
+                if body.is_none() {
+                    BodyCheck::Expect(bytes)
+                } else {
+                    BodyCheck::None
+                }
+            }
+        };
+        let claim = write.then_some((auth.signature, date_secs));
+        Ok((check, claim))
+    }
+}
+
+fn sig_error(e: SigError, invalid: &dyn Fn(String) -> (Problem, String)) -> (Problem, String) {
+    match e {
+        SigError::Mismatch => (mismatch(), "signature mismatch".into()),
+        other => invalid(other.to_string()),
+    }
+}
+
+/// A device that signed its request; no session required (login, logout).
+pub struct SignedDevice(pub Caller);
+
+/// Device, signature and session (documents and everything else).
 impl FromRequest for Caller {
     type Error = Problem;
     type Future = Ready<Result<Self, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(identify(req).and_then(|who| who.verify(req, Body::Ignored, true)))
+    }
+}
+
+impl FromRequest for SignedDevice {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            identify(req)
+                .and_then(|who| who.verify(req, Body::Ignored, false))
+                .map(SignedDevice),
+        )
+    }
+}
+
+impl FromRequest for Identified {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(identify(req))
     }
 }

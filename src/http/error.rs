@@ -26,6 +26,35 @@ pub enum Reason {
     DeviceExpired,
     /// The device's owner is disabled.
     UserDisabled,
+    /// The request carries no `Authorization` signature.
+    SignatureRequired,
+    /// The signature header is malformed, its scope is wrong, or a required header is not
+    /// signed.
+    SignatureInvalid,
+    /// The signature does not match the request (wrong secret, or the request changed).
+    SignatureMismatch,
+    /// The access key id is not the device of the client certificate.
+    AccessKeyMismatch,
+    /// `x-amz-date` is more than 5 minutes from the server's clock.
+    RequestTimeSkewed,
+    /// The request was signed before the server started.
+    SignedBeforeStart,
+    /// A state-changing request with an already-accepted signature.
+    Replayed,
+    /// The body does not match `x-amz-content-sha256`.
+    PayloadHashMismatch,
+    /// The route needs a session and none was sent.
+    SessionRequired,
+    /// The session token is unknown, ended, expired, idle, or another device's.
+    SessionInvalid,
+    /// Wrong user name, password or one-time code.
+    LoginFailed,
+    /// The password was right; the account also needs its TOTP code.
+    TotpRequired,
+    /// Too many failed logins: the account is locked for a while.
+    AccountLocked,
+    /// Too many failed authentications from this device or address.
+    TooManyAuthFailures,
     /// The caller's role may not use this endpoint.
     RoleNotPermitted,
     /// The caller may see the object but not change it.
@@ -56,9 +85,23 @@ impl Reason {
     /// HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            Self::ClientCertificateRequired | Self::DeviceUnknown | Self::DeviceRevoked | Self::DeviceExpired => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::ClientCertificateRequired
+            | Self::DeviceUnknown
+            | Self::DeviceRevoked
+            | Self::DeviceExpired
+            | Self::SignatureRequired
+            | Self::SignatureInvalid
+            | Self::SignatureMismatch
+            | Self::AccessKeyMismatch
+            | Self::RequestTimeSkewed
+            | Self::SignedBeforeStart
+            | Self::SessionRequired
+            | Self::SessionInvalid
+            | Self::LoginFailed
+            | Self::TotpRequired => StatusCode::UNAUTHORIZED,
+            Self::Replayed => StatusCode::CONFLICT,
+            Self::PayloadHashMismatch => StatusCode::BAD_REQUEST,
+            Self::AccountLocked | Self::TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
             Self::UserDisabled | Self::RoleNotPermitted | Self::NotPermitted => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -80,6 +123,20 @@ impl Reason {
             Self::DeviceRevoked => "device-revoked",
             Self::DeviceExpired => "device-expired",
             Self::UserDisabled => "user-disabled",
+            Self::SignatureRequired => "signature-required",
+            Self::SignatureInvalid => "signature-invalid",
+            Self::SignatureMismatch => "signature-mismatch",
+            Self::AccessKeyMismatch => "access-key-mismatch",
+            Self::RequestTimeSkewed => "request-time-skewed",
+            Self::SignedBeforeStart => "signed-before-start",
+            Self::Replayed => "replayed-request",
+            Self::PayloadHashMismatch => "payload-hash-mismatch",
+            Self::SessionRequired => "session-required",
+            Self::SessionInvalid => "session-invalid",
+            Self::LoginFailed => "login-failed",
+            Self::TotpRequired => "totp-required",
+            Self::AccountLocked => "account-locked",
+            Self::TooManyAuthFailures => "too-many-auth-failures",
             Self::RoleNotPermitted => "role-not-permitted",
             Self::NotPermitted => "not-permitted",
             Self::NotFound => "not-found",
@@ -106,6 +163,19 @@ impl Reason {
                 | Self::DeviceRevoked
                 | Self::DeviceExpired
                 | Self::UserDisabled
+                | Self::SignatureRequired
+                | Self::SignatureInvalid
+                | Self::SignatureMismatch
+                | Self::AccessKeyMismatch
+                | Self::RequestTimeSkewed
+                | Self::SignedBeforeStart
+                | Self::Replayed
+                | Self::PayloadHashMismatch
+                | Self::SessionRequired
+                | Self::SessionInvalid
+                | Self::LoginFailed
+                | Self::AccountLocked
+                | Self::TooManyAuthFailures
                 | Self::PayloadTooLarge
                 | Self::RequestTimeout
         )
@@ -119,6 +189,20 @@ impl Reason {
             Self::DeviceRevoked => "This device has been revoked",
             Self::DeviceExpired => "This device's certificate has expired",
             Self::UserDisabled => "This user is disabled",
+            Self::SignatureRequired => "A request signature is required",
+            Self::SignatureInvalid => "The request signature is invalid",
+            Self::SignatureMismatch => "The request signature does not match",
+            Self::AccessKeyMismatch => "The access key is not this device's",
+            Self::RequestTimeSkewed => "The request time is too far from the server's",
+            Self::SignedBeforeStart => "The request was signed before the server started",
+            Self::Replayed => "This request was already accepted",
+            Self::PayloadHashMismatch => "The body does not match its signed hash",
+            Self::SessionRequired => "A session is required",
+            Self::SessionInvalid => "The session is not valid",
+            Self::LoginFailed => "Login failed",
+            Self::TotpRequired => "A one-time code is required",
+            Self::AccountLocked => "The account is locked",
+            Self::TooManyAuthFailures => "Too many failed authentications",
             Self::RoleNotPermitted => "This role may not use this endpoint",
             Self::NotPermitted => "Not permitted",
             Self::NotFound => "Not found",
@@ -149,6 +233,10 @@ pub struct Problem {
     /// Close the connection after this answer even if the reason alone would not (a
     /// request body was left partly unread).
     pub close: bool,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+    /// The server's clock (`x-amz-date` form), for clock-skew answers.
+    pub server_time: Option<String>,
 }
 
 impl Problem {
@@ -160,6 +248,8 @@ impl Problem {
             size: None,
             allow: None,
             close: false,
+            retry_after: None,
+            server_time: None,
         }
     }
 
@@ -171,6 +261,8 @@ impl Problem {
             size: None,
             allow: None,
             close: false,
+            retry_after: None,
+            server_time: None,
         }
     }
 }
@@ -189,6 +281,8 @@ struct Body<'a> {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_time: Option<&'a str>,
 }
 
 impl ResponseError for Problem {
@@ -203,6 +297,7 @@ impl ResponseError for Problem {
             title: self.reason.title(),
             status: status.as_u16(),
             detail: self.detail.as_deref(),
+            server_time: self.server_time.as_deref(),
         };
         let mut res = HttpResponse::build(status);
         res.insert_header((
@@ -220,8 +315,14 @@ impl ResponseError for Problem {
         if let Some(allow) = self.allow {
             res.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
         }
-        if self.reason == Reason::TooManyTransfers {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+        match self.retry_after {
+            Some(secs) => {
+                res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
+            }
+            None if self.reason == Reason::TooManyTransfers => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            None => {}
         }
         res.json(body)
     }

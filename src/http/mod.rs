@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod error;
 pub mod limits;
+pub mod ratelimit;
+pub mod replay;
 mod routes;
 pub mod tls;
 pub mod watchdog;
@@ -15,7 +17,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::app::Vault;
 use crate::app::pki::PkiFileError;
-use crate::config::{Limits, TlsVersion};
+use crate::config::{AuthConfig, Limits, TlsVersion};
 
 /// What the server needs besides the vault.
 #[derive(Clone, Debug)]
@@ -28,6 +30,8 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// Worker threads (default: one per CPU core).
     pub workers: Option<usize>,
+    /// Signatures, sessions, lockout and failure budgets (`[auth]` of the configuration).
+    pub auth: AuthConfig,
 }
 
 /// Shared by every handler.
@@ -38,6 +42,14 @@ pub struct State {
     pub options: ServerOptions,
     /// Transfer slots.
     pub transfers: Arc<limits::Transfers>,
+    /// How requests are authenticated.
+    pub auth: auth::AuthSettings,
+    /// Authentication-failure budgets.
+    pub limiter: ratelimit::AuthLimiter,
+    /// Signatures of accepted writes.
+    pub replay: replay::ReplayGuard,
+    /// Bounds the password verifications (argon2id) in flight.
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// The server could not start.
@@ -71,6 +83,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// A server running on its own thread.
 pub struct RunningServer {
     addr: SocketAddr,
+    not_before: i64,
     handle: actix_web::dev::ServerHandle,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
@@ -79,6 +92,11 @@ impl RunningServer {
     /// The address actually listened on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The first Unix second whose signatures the server accepts.
+    pub fn signatures_from(&self) -> i64 {
+        self.not_before
     }
 
     /// Stops accepting, lets requests in flight finish, and waits for the thread.
@@ -120,11 +138,25 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
     // from the handler before the watchdog cuts the connection.
     let watchdog = watchdog::Watchdog::start(std::time::Duration::from_secs(2 * u64::from(l.body_idle_timeout_secs)))?;
+    let a = &options.auth;
     let state = web::Data::new(State {
         vault,
-        options: options.clone(),
         transfers,
+        auth: auth::AuthSettings {
+            signatures: a.signatures,
+            sessions: a.sessions,
+            region: a.region.clone(),
+            policy: crate::app::sessions::SessionPolicy::from(a),
+            // The first whole second after the start: a request signed in the second the
+            // server started could have been accepted by the process before it.
+            not_before: time::OffsetDateTime::now_utc().unix_timestamp() + 1,
+        },
+        limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
+        replay: replay::ReplayGuard::default(),
+        password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
+        options: options.clone(),
     });
+    let not_before = state.auth.not_before;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -178,7 +210,12 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         })
     })?;
     match rx.recv() {
-        Ok(Some(handle)) => Ok(RunningServer { addr, handle, thread }),
+        Ok(Some(handle)) => Ok(RunningServer {
+            addr,
+            handle,
+            thread,
+            not_before,
+        }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e.into()),
             _ => Err(ServeError::Io(std::io::Error::other("the server did not start"))),

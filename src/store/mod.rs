@@ -5,6 +5,7 @@ mod codec;
 mod devices;
 mod documents;
 mod secrets;
+mod sessions;
 mod tables;
 mod users;
 mod vacuum;
@@ -19,11 +20,14 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 pub use devices::{DeviceRecord, StoredDevice};
 pub use documents::{DocumentRecord, StoredDocument};
 pub use secrets::{SecretRecord, StoredSecret};
+pub use sessions::{LoginState, SessionRecord, StoredSession};
 pub use tables::SCHEMA_VERSION;
 pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
-use tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SCHEMA_KEY, SECRETS, STAGING, USER_NAMES, USERS};
+use tables::{
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
+};
 
 /// META keys marking retired master key versions: `key_retired:<version>`.
 const RETIRED_PREFIX: &str = "key_retired:";
@@ -170,6 +174,8 @@ impl Store {
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_THUMBPRINTS)?;
             txn.open_table(SECRETS)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(LOGINS)?;
         }
         txn.commit()?;
         Ok(Self { db: db.into() })
@@ -217,13 +223,26 @@ impl Store {
     /// Tables added after schema 1 was first written are created on open (an additive
     /// change: older coffers never read them).
     fn add_missing_tables(&self) -> Result<(), StoreError> {
-        match self.db.begin_read()?.open_table(SECRETS) {
-            Ok(_) => return Ok(()),
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
+        fn missing<K: redb::Key + 'static, V: redb::Value + 'static>(
+            read: &ReadTransaction,
+            table: TableDefinition<K, V>,
+        ) -> Result<bool, StoreError> {
+            match read.open_table(table) {
+                Ok(_) => Ok(false),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+                Err(e) => Err(e.into()),
+            }
+        }
+        let read = self.db.begin_read()?;
+        let todo = missing(&read, SECRETS)? || missing(&read, SESSIONS)? || missing(&read, LOGINS)?;
+        drop(read);
+        if !todo {
+            return Ok(());
         }
         let txn = self.write(Durability::Immediate)?;
         txn.open_table(SECRETS)?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(LOGINS)?;
         txn.commit()?;
         Ok(())
     }

@@ -26,3 +26,7 @@ pub const DEVICE_THUMBPRINTS: TableDefinition<[u8; 32], u128> = TableDefinition:
 /// Sealed service secrets (CA and server private keys) by fixed slot id: postcard
 /// `SecretRecord`.
 pub const SECRETS: TableDefinition<u128, &[u8]> = TableDefinition::new("secrets");
+/// Sessions by SHA-256 of their token: postcard `SessionRecord` (ids and times, in clear).
+pub const SESSIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("sessions");
+/// Login state by user id: postcard `LoginRecord` (failure count, lock time, last TOTP step).
+pub const LOGINS: TableDefinition<u128, &[u8]> = TableDefinition::new("logins");

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
-use super::tables::{CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, META, SECRETS, STAGING, USER_NAMES, USERS};
+use super::tables::{
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
+};
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
 /// Where a vacuum builds its copy of the database at `path`.
@@ -89,6 +91,8 @@ impl Store {
             copy_table(&src, &dst, DEVICES)?;
             copy_table(&src, &dst, DEVICE_THUMBPRINTS)?;
             copy_table(&src, &dst, SECRETS)?;
+            copy_table(&src, &dst, SESSIONS)?;
+            copy_table(&src, &dst, LOGINS)?;
         }
         // One durable commit makes every batch before it durable.
         let mut txn = dst.begin_write()?;

@@ -224,6 +224,7 @@ pub fn add_user(vault: &Vault, name: &str) -> UserInfo {
             role: Role::Member,
             password_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_owned(),
             disabled: false,
+            totp: None,
         })
         .expect("add user")
 }
@@ -243,6 +244,7 @@ pub fn add_device(vault: &Vault, owner: UserId, name: &str, thumbprint: [u8; 32]
                 name: name.to_owned(),
                 thumbprint,
                 revoked: false,
+                signing_secret: None,
             },
             expires,
         )

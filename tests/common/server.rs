@@ -129,6 +129,7 @@ impl TestServer {
                 role,
                 password_hash,
                 disabled: false,
+                totp: None,
             })
             .expect("add user")
     }

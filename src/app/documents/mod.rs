@@ -9,7 +9,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 pub use reader::{DocumentReader, read_to_vec};
-pub use writer::DocumentWriter;
+pub use writer::{CompletedUpload, DocumentWriter};
 use writer::{STAGE_BATCH, STAGE_PLAIN_CAPACITY, Stager};
 
 use super::sealing::{open_record, seal_record};

@@ -85,7 +85,7 @@ impl Stager {
     }
 }
 
-impl DocumentWriter<'_> {
+impl<'v> DocumentWriter<'v> {
     /// The id the document will have.
     pub fn id(&self) -> DocumentId {
         self.id
@@ -138,7 +138,13 @@ impl DocumentWriter<'_> {
     }
 
     /// Seals the last chunk and the metadata and publishes the document durably.
-    pub fn finish(mut self) -> Result<DocumentInfo, VaultError> {
+    pub fn finish(self) -> Result<DocumentInfo, VaultError> {
+        self.complete()?.publish()
+    }
+
+    /// Seals and stages the last chunk; the content's SHA-256 is then known. Nothing is
+    /// visible until [`CompletedUpload::publish`]; dropping it discards the upload.
+    pub fn complete(mut self) -> Result<CompletedUpload<'v>, VaultError> {
         let enc = self
             .encryptor
             .take()
@@ -151,6 +157,40 @@ impl DocumentWriter<'_> {
             .take()
             .ok_or(VaultError::Invalid("upload already finished".into()))?;
         let sha256 = stager.finish()?;
+        Ok(CompletedUpload {
+            writer: self,
+            sha256,
+            size,
+        })
+    }
+}
+
+/// An upload whose content is all staged, not yet published.
+pub struct CompletedUpload<'v> {
+    writer: DocumentWriter<'v>,
+    sha256: [u8; 32],
+    size: u64,
+}
+
+impl CompletedUpload<'_> {
+    /// The content's SHA-256.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.sha256
+    }
+
+    /// Seals the metadata and publishes the document in one durable commit.
+    pub fn publish(self) -> Result<DocumentInfo, VaultError> {
+        let CompletedUpload {
+            writer: mut this,
+            sha256,
+            size,
+        } = self;
+        this.publish(sha256, size)
+    }
+}
+
+impl DocumentWriter<'_> {
+    fn publish(&mut self, sha256: [u8; 32], size: u64) -> Result<DocumentInfo, VaultError> {
         let now = Timestamp::now();
         let meta = DocumentMeta {
             name: std::mem::take(&mut self.new.name),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::documents::{DocumentInfo, MetaChange, NewDocument};
 use crate::app::{Vault, VaultError};
 use crate::http::State;
-use crate::http::auth::Caller;
+use crate::http::auth::{Body, Caller, Identified};
 use crate::http::error::{Problem, Reason};
 use crate::http::limits::Transfer;
 use crate::http::watchdog::ConnActivity;
@@ -53,15 +53,7 @@ pub struct DocumentJson {
     updated: String,
 }
 
-/// RFC 3339 UTC with exactly three fractional digits (`2026-11-29T05:30:36.600Z`).
-fn rfc3339(t: Timestamp) -> String {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
-        .ok()
-        .and_then(|d| d.format(&format).ok())
-        .unwrap_or_default()
-}
+use super::rfc3339;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -245,11 +237,12 @@ fn too_large(limit: u64) -> Problem {
 /// encrypts and stages it; nothing is visible (or kept) unless the whole body arrived
 /// within the size limit.
 pub async fn upload(
-    caller: Caller,
+    who: Identified,
     req: HttpRequest,
     mut payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, Problem> {
+    let (caller, body_check) = who.verify_streamed(&req, true)?;
     require_document_role(&caller)?;
     let new = new_document(&req, &caller)?;
     let limit = state.options.limits.max_upload_bytes;
@@ -266,13 +259,21 @@ pub async fn upload(
     let idle = std::time::Duration::from_secs(u64::from(state.options.limits.body_idle_timeout_secs));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<UploadMsg>(UPLOAD_QUEUE);
     let vault: Arc<Vault> = state.vault.clone();
-    let job = actix_web::rt::task::spawn_blocking(move || -> Result<Option<DocumentInfo>, VaultError> {
+    let origin = crate::http::auth::Origin::of(&req);
+    let check_state = state.clone();
+    let job = actix_web::rt::task::spawn_blocking(move || -> Result<Option<DocumentInfo>, Problem> {
         let _slot = slot; // held until the upload is finished or discarded
         let mut writer = vault.upload(new)?;
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 UploadMsg::Data(b) => writer.write(&b)?,
-                UploadMsg::Finish => return writer.finish().map(Some),
+                UploadMsg::Finish => {
+                    let complete = writer.complete()?;
+                    // The signature and the signed hash must cover these exact bytes;
+                    // dropping `complete` on failure discards every staged chunk.
+                    body_check.finish(&check_state, &origin, complete.sha256())?;
+                    return Ok(Some(complete.publish()?));
+                }
             }
         }
         // The connection side gave up: dropping the writer discards the staged chunks.
@@ -326,12 +327,7 @@ pub async fn upload(
         Ok(Some(info)) => info,
         Ok(None) => return Err(Problem::new(Reason::Internal)),
         // The body may be partly unread: do not let actix drain it on this connection.
-        Err(e) => {
-            return Err(Problem {
-                close: true,
-                ..e.into()
-            });
-        }
+        Err(e) => return Err(Problem { close: true, ..e }),
     };
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/documents/{}", info.id)))
@@ -576,13 +572,19 @@ pub struct MetaPatch {
 
 /// `PATCH /v1/documents/{id}/meta`: owner and admins.
 pub async fn patch_meta(
-    caller: Caller,
+    who: Identified,
+    req: HttpRequest,
     id: web::Path<String>,
-    body: web::Json<MetaPatch>,
+    payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, Problem> {
+    let body = super::read_small_body(&state, payload).await?;
+    let caller = who.verify(&req, Body::Bytes(&body), true)?;
     require_document_role(&caller)?;
-    let patch = body.into_inner();
+    let patch: MetaPatch = serde_json::from_slice(&body).map_err(|e| Problem {
+        close: true,
+        ..Problem::detail(Reason::InvalidRequest, format!("invalid JSON body: {e}"))
+    })?;
     let visibility = match patch.visibility {
         None => None,
         Some(v) => Some(

@@ -1,11 +1,13 @@
 //! All routes, registered in one place.
 
 mod documents;
+mod session;
 
 use actix_web::error::JsonPayloadError;
 use actix_web::{HttpResponse, web};
 
-use super::auth::Caller;
+use super::State;
+use super::auth::{Caller, SignedDevice};
 use super::error::{Problem, Reason};
 
 /// Registers every route of the API.
@@ -27,6 +29,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| Problem::detail(Reason::InvalidRequest, format!("invalid query: {e}")).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|_, _| Problem::new(Reason::NotFound).into()))
+    .service(
+        web::resource("/v1/session")
+            .route(web::post().to(session::login))
+            .route(web::delete().to(session::logout))
+            .default_service(web::to(|c: SignedDevice| method_not_allowed(c.0, "POST, DELETE"))),
+    )
     .service(
         web::resource("/v1/documents")
             .route(web::post().to(documents::upload))
@@ -60,4 +68,48 @@ async fn method_not_allowed(_: Caller, allow: &'static str) -> Result<HttpRespon
         allow: Some(allow),
         ..Problem::new(Reason::MethodNotAllowed)
     })
+}
+
+/// Largest JSON body accepted.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// Reads a small request body in full (at most [`MAX_JSON_BODY`] bytes), with the body
+/// idle timeout.
+pub async fn read_small_body(state: &State, mut payload: web::Payload) -> Result<web::Bytes, Problem> {
+    use futures_util::StreamExt;
+    let idle = std::time::Duration::from_secs(u64::from(state.options.limits.body_idle_timeout_secs));
+    let mut body = web::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, payload.next()).await {
+            Err(_) => {
+                return Err(Problem::detail(
+                    Reason::RequestTimeout,
+                    format!("no body bytes arrived for {} s", idle.as_secs()),
+                ));
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Ok(Some(Ok(piece))) => {
+                if body.len() + piece.len() > MAX_JSON_BODY {
+                    return Err(Problem::detail(Reason::PayloadTooLarge, "JSON bodies are limited to 64 KiB"));
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(Some(Err(e))) => {
+                return Err(Problem {
+                    close: true,
+                    ..Problem::detail(Reason::InvalidRequest, format!("the body was cut short: {e}"))
+                });
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC with exactly three fractional digits (`2026-11-29T05:30:36.600Z`).
+pub fn rfc3339(t: crate::model::Timestamp) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.0) * 1_000_000)
+        .ok()
+        .and_then(|d| d.format(&format).ok())
+        .unwrap_or_default()
 }
