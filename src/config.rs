@@ -453,7 +453,9 @@ impl Config {
         let a = &self.auth;
         let region_ok = !a.region.is_empty()
             && a.region.len() <= 64
-            && a.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && a.region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !region_ok {
             return invalid("auth.region", "must be 1 to 64 letters, digits, '-' or '_'");
         }
@@ -484,7 +486,10 @@ impl Config {
         if let Some(url) = &self.public_url {
             let ok = url.starts_with("https://") && url.len() > 8 && !url.chars().any(char::is_whitespace);
             if !ok {
-                return invalid("public_url", "must be an https:// URL such as https://coffer.example.com:8443");
+                return invalid(
+                    "public_url",
+                    "must be an https:// URL such as https://coffer.example.com:8443",
+                );
             }
         }
         Ok(())

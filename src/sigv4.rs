@@ -87,9 +87,9 @@ impl Authorization {
         let (mut credential, mut signed, mut signature) = (None, None, None);
         for part in rest.split(',') {
             let part = part.trim_matches(' ');
-            let (key, val) = part
-                .split_once('=')
-                .ok_or(SigError::Malformed("expected Credential=, SignedHeaders= and Signature="))?;
+            let (key, val) = part.split_once('=').ok_or(SigError::Malformed(
+                "expected Credential=, SignedHeaders= and Signature=",
+            ))?;
             let slot = match key {
                 "Credential" => &mut credential,
                 "SignedHeaders" => &mut signed,
@@ -101,7 +101,9 @@ impl Authorization {
             }
         }
         let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature) else {
-            return Err(SigError::Malformed("expected Credential=, SignedHeaders= and Signature="));
+            return Err(SigError::Malformed(
+                "expected Credential=, SignedHeaders= and Signature=",
+            ));
         };
         let mut scope = credential.split('/');
         let (Some(access_key), Some(date), Some(region), Some(service), Some(terminator), None) = (
@@ -491,7 +493,9 @@ pub fn authorization(
     signed_headers: &[String],
     payload_hash: &str,
 ) -> Result<String, SigError> {
-    let date = amz_date.get(..8).ok_or(SigError::Malformed("x-amz-date is too short"))?;
+    let date = amz_date
+        .get(..8)
+        .ok_or(SigError::Malformed("x-amz-date is too short"))?;
     let scope = format!("{date}/{}/{}/{TERMINATOR}", creds.region, creds.service);
     let canonical = canonical_request(req, signed_headers, payload_hash, PathForm::Normalized)?;
     let key = signing_key(creds.secret, date, creds.region, creds.service);

@@ -97,6 +97,8 @@ fn certificate_from_another_ca_is_refused_in_the_handshake() {
         device: None,
         cert_pem: coffer::pki::to_pem(&cert),
         key_pem: key.to_pem().expect("PEM").to_string(),
+        secret: None,
+        token: None,
     };
     let err = server.assert_handshake_refused(server.client_config(Some(&foreign)));
     // The foreign CA bears the same name as coffer's, so the verifier finds "the" issuer
@@ -115,6 +117,8 @@ fn self_signed_certificate_is_refused_in_the_handshake() {
         device: None,
         cert_pem: own.cert.pem(),
         key_pem: own.signing_key.serialize_pem(),
+        secret: None,
+        token: None,
     };
     let err = server.assert_handshake_refused(server.client_config(Some(&forged)));
     assert_refused_by_server(&err, &["UnknownCA", "BadCertificate"]);
@@ -276,6 +280,8 @@ fn device_record_past_its_expiry_is_401_device_expired() {
         device: None,
         cert_pem: coffer::pki::to_pem(&cert),
         key_pem: key.to_pem().expect("PEM").to_string(),
+        secret: None,
+        token: None,
     };
     assert_problem(&list(&mut server.connect(&lapsed)), 401, "device-expired");
 }

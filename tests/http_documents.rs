@@ -302,6 +302,7 @@ fn twenty_mib_streamed_upload_downloads_byte_identical() {
             data.len() as u64,
             &data[..],
             256 * 1024,
+            &sha,
         )
         .expect("streamed upload");
     assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
@@ -534,6 +535,7 @@ fn sixteen_concurrent_uploads_are_all_intact() {
                             data.len() as u64,
                             &data[..],
                             32 * 1024,
+                            &sha256_hex(&data),
                         )
                         .expect("upload");
                     assert_eq!(res.status, 201, "upload {i}: {}", String::from_utf8_lossy(&res.body));
@@ -737,6 +739,7 @@ fn oversized_upload_with_content_length_is_413_and_leaves_nothing() {
             data.len() as u64,
             &data[..],
             64 * 1024,
+            &sha256_hex(&data),
         )
         .expect("an HTTP answer to the oversized upload");
     assert_problem(&res, 413, "payload-too-large");

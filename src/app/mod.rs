@@ -8,8 +8,8 @@ pub mod init;
 pub mod keys;
 pub mod pki;
 pub mod principals;
-pub mod sessions;
 mod sealing;
+pub mod sessions;
 pub mod unlock;
 
 use std::path::{Path, PathBuf};

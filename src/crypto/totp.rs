@@ -21,7 +21,12 @@ pub fn code(seed: &[u8], step: u64, digits: u32) -> u32 {
     mac.update(&step.to_be_bytes());
     let hash = mac.finalize().into_bytes();
     let offset = usize::from(hash[hash.len() - 1] & 0x0f);
-    let binary = u32::from_be_bytes([hash[offset] & 0x7f, hash[offset + 1], hash[offset + 2], hash[offset + 3]]);
+    let binary = u32::from_be_bytes([
+        hash[offset] & 0x7f,
+        hash[offset + 1],
+        hash[offset + 2],
+        hash[offset + 3],
+    ]);
     binary % 10u32.pow(digits)
 }
 

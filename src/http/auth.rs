@@ -127,7 +127,13 @@ impl Origin {
 }
 
 /// Logs a refusal and spends the failure budgets; returns the problem.
-pub(crate) fn refuse(state: &State, req: &HttpRequest, device: Option<DeviceId>, problem: Problem, why: &str) -> Problem {
+pub(crate) fn refuse(
+    state: &State,
+    req: &HttpRequest,
+    device: Option<DeviceId>,
+    problem: Problem,
+    why: &str,
+) -> Problem {
     refuse_at(state, &Origin::of(req), device, problem, why)
 }
 
@@ -166,7 +172,13 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
     let limited = |id: Option<DeviceId>| state.limiter.check(id, ip).map_err(too_many_failures);
     let Some(device) = device else {
         limited(None)?;
-        return Err(refuse(state, req, None, Problem::new(Reason::DeviceUnknown), "unknown certificate"));
+        return Err(refuse(
+            state,
+            req,
+            None,
+            Problem::new(Reason::DeviceUnknown),
+            "unknown certificate",
+        ));
     };
     if device.body.revoked {
         limited(None)?;
@@ -192,12 +204,24 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
     let user = match state.vault.user(device.owner) {
         Ok(u) => u,
         Err(crate::app::VaultError::NotFound(_)) => {
-            return Err(refuse(state, req, None, Problem::new(Reason::DeviceUnknown), "owner missing"));
+            return Err(refuse(
+                state,
+                req,
+                None,
+                Problem::new(Reason::DeviceUnknown),
+                "owner missing",
+            ));
         }
         Err(e) => return Err(e.into()),
     };
     if user.body.disabled {
-        return Err(refuse(state, req, None, Problem::new(Reason::UserDisabled), "owner disabled"));
+        return Err(refuse(
+            state,
+            req,
+            None,
+            Problem::new(Reason::UserDisabled),
+            "owner disabled",
+        ));
     }
     Ok(Identified { device, user })
 }
@@ -311,7 +335,10 @@ fn claim(state: &State, origin: &Origin, device: DeviceId, signature: [u8; 32], 
         Err(ReplayError::Full) => Err(Problem {
             retry_after: Some(60),
             close: true,
-            ..Problem::detail(Reason::Unavailable, "too many recent writes to track; retry in a minute")
+            ..Problem::detail(
+                Reason::Unavailable,
+                "too many recent writes to track; retry in a minute",
+            )
         }),
     }
 }
@@ -327,11 +354,7 @@ fn sig_request(req: &HttpRequest) -> sigv4::Request<'_> {
         method: req.method().as_str(),
         path: uri.path(),
         query: uri.query().unwrap_or(""),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()))
-            .collect(),
+        headers: req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect(),
     }
 }
 
@@ -418,7 +441,12 @@ impl Identified {
                     "no session token",
                 ));
             }
-            Err(e) => return Err((Problem::detail(Reason::SessionInvalid, e.to_string()), "bad token header")),
+            Err(e) => {
+                return Err((
+                    Problem::detail(Reason::SessionInvalid, e.to_string()),
+                    "bad token header",
+                ));
+            }
         };
         let now = Timestamp::now();
         match state
@@ -534,7 +562,9 @@ impl Identified {
             ));
         }
         let Some(secret) = &self.device.body.signing_secret else {
-            return Err(invalid("this device has no signing secret; issue or enrol it again".into()));
+            return Err(invalid(
+                "this device has no signing secret; issue or enrol it again".into(),
+            ));
         };
         let payload = match request.single("x-amz-content-sha256") {
             Err(e) => return Err(invalid(e.to_string())),
@@ -572,17 +602,17 @@ impl Identified {
                 // Verified (and claimed against replays) once the body's hash is known.
                 return Ok((
                     BodyCheck::Deferred(Box::new(PendingSignature {
-                    method: request.method.to_owned(),
-                    path: request.path.to_owned(),
-                    query: request.query.to_owned(),
-                    headers: request
-                        .headers
-                        .iter()
-                        .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
-                        .collect(),
-                    auth,
-                    amz_date: amz_date.to_owned(),
-                    date_secs,
+                        method: request.method.to_owned(),
+                        path: request.path.to_owned(),
+                        query: request.query.to_owned(),
+                        headers: request
+                            .headers
+                            .iter()
+                            .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
+                            .collect(),
+                        auth,
+                        amz_date: amz_date.to_owned(),
+                        date_secs,
                         key,
                         device: self.device.id,
                     })),

@@ -167,8 +167,14 @@ mod tests {
         // Spend the address's budget with unattributed failures.
         l.fail(None, Some(ip));
         l.fail(None, Some(ip));
-        assert!(l.check(None, Some(ip)).is_err(), "unknown certificates from a spent address");
-        assert!(l.check(Some(good), Some(ip)).is_ok(), "a device without failures behind the same NAT");
+        assert!(
+            l.check(None, Some(ip)).is_err(),
+            "unknown certificates from a spent address"
+        );
+        assert!(
+            l.check(Some(good), Some(ip)).is_ok(),
+            "a device without failures behind the same NAT"
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ impl ReplayGuard {
 
     /// Signatures remembered now.
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 
     /// Whether none is remembered.

@@ -26,7 +26,8 @@ pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
 use tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING, USER_NAMES,
+    USERS,
 };
 
 /// META keys marking retired master key versions: `key_retired:<version>`.

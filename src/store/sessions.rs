@@ -83,7 +83,10 @@ impl Store {
             }
             same_device.sort();
             let surplus = (same_device.len() + 1).saturating_sub(keep_per_device.max(1));
-            for key in expired.into_iter().chain(same_device.into_iter().take(surplus).map(|(_, k)| k)) {
+            for key in expired
+                .into_iter()
+                .chain(same_device.into_iter().take(surplus).map(|(_, k)| k))
+            {
                 t.remove(key)?;
             }
             t.insert(token_hash, encode(&SessionRecord::V1(session.clone()))?.as_slice())?;

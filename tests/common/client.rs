@@ -107,10 +107,90 @@ impl Response {
     }
 }
 
+/// A device's SigV4 credentials and, once logged in, its session token. Requests made on
+/// a connection with a signer are signed (and carry the token) automatically.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    /// The device id.
+    pub access_key: String,
+    /// The device's signing secret.
+    pub secret: String,
+    /// The region (`local` by default).
+    pub region: String,
+    /// Session token, sent as `X-Amz-Security-Token`.
+    pub token: Option<String>,
+}
+
+impl Signer {
+    /// Signs a request head: returns the headers to add (`x-amz-date`, the token,
+    /// `authorization`). Every header in `headers` and `host` is signed.
+    pub fn sign(
+        &self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        payload_sha256: &str,
+    ) -> Vec<(String, String)> {
+        self.sign_at(
+            method,
+            target,
+            host,
+            headers,
+            payload_sha256,
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    /// [`sign`](Self::sign) with the clock set to `at`.
+    pub fn sign_at(
+        &self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        payload_sha256: &str,
+        at: time::OffsetDateTime,
+    ) -> Vec<(String, String)> {
+        let date = coffer::sigv4::amz_date(at);
+        let mut added = vec![("x-amz-date".to_owned(), date.clone())];
+        if let Some(token) = &self.token {
+            added.push(("x-amz-security-token".to_owned(), token.clone()));
+        }
+        let mut all: Vec<(String, Vec<u8>)> = vec![("host".to_owned(), host.as_bytes().to_vec())];
+        all.extend(
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec())),
+        );
+        all.extend(added.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())));
+        let mut names: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names.dedup();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let req = coffer::sigv4::Request {
+            method,
+            path,
+            query,
+            headers: all.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
+        };
+        let creds = coffer::sigv4::Credentials {
+            access_key: &self.access_key,
+            secret: &self.secret,
+            region: &self.region,
+            service: "coffer",
+        };
+        let auth = coffer::sigv4::authorization(&req, &creds, &date, &names, payload_sha256).expect("sign");
+        added.push(("authorization".to_owned(), auth));
+        added
+    }
+}
+
 /// One TLS connection carrying keep-alive HTTP/1.1 requests.
 pub struct Connection {
     stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
     host: String,
+    signer: Option<Signer>,
 }
 
 impl Connection {
@@ -130,7 +210,18 @@ impl Connection {
         Ok(Self {
             stream: BufReader::with_capacity(256 * 1024, stream),
             host: server_name.to_owned(),
+            signer: None,
         })
+    }
+
+    /// Signs every following request with `signer` (`None`: unsigned).
+    pub fn set_signer(&mut self, signer: Option<Signer>) {
+        self.signer = signer;
+    }
+
+    /// The signer, to change its token.
+    pub fn signer_mut(&mut self) -> Option<&mut Signer> {
+        self.signer.as_mut()
     }
 
     /// Whether the handshake was full or resumed.
@@ -143,10 +234,22 @@ impl Connection {
         self.stream.get_ref().conn.protocol_version()
     }
 
-    fn write_head(&mut self, method: &str, path: &str, headers: &[(&str, &str)], len: Option<u64>) -> io::Result<()> {
+    fn write_head(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        len: Option<u64>,
+        payload_sha256: &str,
+    ) -> io::Result<()> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host);
         for (n, v) in headers {
             head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if let Some(signer) = &self.signer {
+            for (n, v) in signer.sign(method, path, &self.host, headers, payload_sha256) {
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
         }
         if let Some(len) = len {
             head.push_str(&format!("content-length: {len}\r\n"));
@@ -162,7 +265,7 @@ impl Connection {
         } else {
             Some(body.len() as u64)
         };
-        self.write_head(method, path, headers, len)?;
+        self.write_head(method, path, headers, len, &coffer::sigv4::sha256_hex(body))?;
         self.stream.get_mut().write_all(body)?;
         self.stream.get_mut().flush()?;
         let mut out = Vec::new();
@@ -175,7 +278,9 @@ impl Connection {
     }
 
     /// Sends `len` bytes from `body` in pieces of `piece` bytes (the body is never whole in
-    /// memory), with `Content-Length`, and reads the whole response.
+    /// memory), with `Content-Length`, and reads the whole response. A signed connection
+    /// declares `payload_sha256` in `x-amz-content-sha256` (the body must match it).
+    #[allow(clippy::too_many_arguments)]
     pub fn request_streamed(
         &mut self,
         method: &str,
@@ -184,8 +289,13 @@ impl Connection {
         len: u64,
         mut body: impl Read,
         piece: usize,
+        payload_sha256: &str,
     ) -> io::Result<Response> {
-        self.write_head(method, path, headers, Some(len))?;
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if self.signer.is_some() {
+            all.push(("x-amz-content-sha256", payload_sha256));
+        }
+        self.write_head(method, path, &all, Some(len), payload_sha256)?;
         let mut buf = vec![0u8; piece.max(1)];
         let mut left = len;
         while left > 0 {
@@ -218,7 +328,7 @@ impl Connection {
         headers: &[(&str, &str)],
         sink: impl FnMut(&[u8]),
     ) -> io::Result<(u16, Vec<(String, String)>)> {
-        self.write_head("GET", path, headers, None)?;
+        self.write_head("GET", path, headers, None, coffer::sigv4::EMPTY_SHA256)?;
         self.stream.get_mut().flush()?;
         self.read_response(false, sink)
     }

@@ -17,7 +17,7 @@ use coffer::secret::Passphrase;
 use coffer::store::StoreOptions;
 use rustls::ClientConfig;
 
-use super::client::{ClientSetup, Connection, Response, TLS13_ONLY};
+use super::client::{ClientSetup, Connection, Response, Signer, TLS13_ONLY};
 use super::{TestDirs, empty_dirs, passphrase};
 
 /// Server options for tests: TLS 1.3 only, 32 MiB uploads, 500 per page, two workers.
@@ -32,6 +32,7 @@ pub fn test_options() -> ServerOptions {
             ..Default::default()
         },
         workers: Some(2),
+        auth: coffer::config::AuthConfig::default(),
     }
 }
 
@@ -43,12 +44,27 @@ pub struct Identity {
     pub cert_pem: String,
     /// Private key, PEM.
     pub key_pem: String,
+    /// The device's SigV4 signing secret.
+    pub secret: Option<String>,
+    /// A session token of the device's owner (logged in when the device was issued).
+    pub token: Option<String>,
 }
 
 impl Identity {
     /// The registered device's id.
     pub fn device_id(&self) -> DeviceId {
         self.device.as_ref().expect("a registered device").id
+    }
+
+    /// The signer for this device (with its session token, if any); `None` for a
+    /// certificate without a device.
+    pub fn signer(&self) -> Option<Signer> {
+        Some(Signer {
+            access_key: self.device.as_ref()?.id.to_string(),
+            secret: self.secret.clone()?,
+            region: "local".to_owned(),
+            token: self.token.clone(),
+        })
     }
 }
 
@@ -93,6 +109,11 @@ pub fn start_server_with(options: ServerOptions) -> TestServer {
         ..options
     };
     let server = coffer::http::start(vault.clone(), options).expect("start the server");
+    // Requests signed in the second the server started are refused (replay protection
+    // across restarts): wait for the next second.
+    while time::OffsetDateTime::now_utc().unix_timestamp() < server.signatures_from() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     TestServer {
         ca_pem,
         addr: server.addr(),
@@ -149,13 +170,35 @@ impl TestServer {
         self.add_user(name, Role::Integration)
     }
 
-    /// Issues and registers a device of `owner` whose certificate is valid for `days`.
+    /// Issues and registers a device of `owner` whose certificate is valid for `days`,
+    /// and logs its owner in on it (directly through the vault; `None` token if that
+    /// fails, e.g. for a disabled owner).
     pub fn issue_device_for_days(&self, owner: UserId, days: u32) -> Identity {
         let issued = self
             .vault()
             .issue_device(owner, "test device", days)
             .expect("issue device");
+        let user = self.vault().user(owner).expect("owner");
+        let password = Passphrase::new(format!("password of {}", user.body.name));
+        let creds = coffer::app::sessions::Credentials {
+            username: &user.body.name,
+            password: &password,
+            totp: None,
+        };
+        let policy = coffer::app::sessions::SessionPolicy::from(&coffer::config::AuthConfig::default());
+        let token = self
+            .vault()
+            .login(&issued.device, &creds, &policy, coffer::model::Timestamp::now())
+            .ok()
+            .map(|s| s.token.expose().to_owned());
         Identity {
+            secret: issued
+                .device
+                .body
+                .signing_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned()),
+            token,
             device: Some(issued.device),
             cert_pem: coffer::pki::to_pem(&issued.cert_der),
             key_pem: issued.key.to_pem().expect("key PEM").to_string(),
@@ -181,6 +224,8 @@ impl TestServer {
             device: None,
             cert_pem: coffer::pki::to_pem(&cert),
             key_pem: key.to_pem().expect("key PEM").to_string(),
+            secret: None,
+            token: None,
         }
     }
 
@@ -199,8 +244,16 @@ impl TestServer {
         }
     }
 
-    /// Opens a connection presenting `identity`; panics if the server refuses it.
+    /// Opens a connection presenting `identity` that signs its requests with the device's
+    /// credentials and session; panics if the server refuses it.
     pub fn connect(&self, identity: &Identity) -> Connection {
+        let mut conn = self.connect_with(self.client_config(Some(identity)));
+        conn.set_signer(identity.signer());
+        conn
+    }
+
+    /// Opens a connection presenting `identity` that does not sign its requests.
+    pub fn connect_unsigned(&self, identity: &Identity) -> Connection {
         self.connect_with(self.client_config(Some(identity)))
     }
 

@@ -90,7 +90,10 @@ pub async fn read_small_body(state: &State, mut payload: web::Payload) -> Result
             Ok(None) => return Ok(body.freeze()),
             Ok(Some(Ok(piece))) => {
                 if body.len() + piece.len() > MAX_JSON_BODY {
-                    return Err(Problem::detail(Reason::PayloadTooLarge, "JSON bodies are limited to 64 KiB"));
+                    return Err(Problem::detail(
+                        Reason::PayloadTooLarge,
+                        "JSON bodies are limited to 64 KiB",
+                    ));
                 }
                 body.extend_from_slice(&piece);
             }

@@ -57,7 +57,8 @@ pub async fn login(
         totp,
     } = login;
     let password = Passphrase::new(password);
-    let Ok(permit) = tokio::time::timeout(PASSWORD_CHECK_WAIT, state.password_checks.clone().acquire_owned()).await else {
+    let Ok(permit) = tokio::time::timeout(PASSWORD_CHECK_WAIT, state.password_checks.clone().acquire_owned()).await
+    else {
         return Err(Problem {
             retry_after: Some(5),
             ..Problem::detail(Reason::Unavailable, "too many logins at once; retry in a few seconds")
