@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod http;

@@ -172,11 +172,13 @@ fn revoked_device_cannot_come_back_by_resuming_a_session() {
     }
     .build();
     let mut first = server.connect_with(config.clone());
+    first.set_signer(alice.signer());
     assert_eq!(first.handshake_kind(), Some(HandshakeKind::Full));
     assert_lists(&mut first);
     drop(first);
     server.vault().revoke_device(alice.device_id()).expect("revoke");
     let mut second = server.connect_with(config);
+    second.set_signer(alice.signer());
     assert_eq!(
         second.handshake_kind(),
         Some(HandshakeKind::Full),
@@ -199,10 +201,12 @@ fn tls12_sessions_are_not_resumed_either() {
     }
     .build();
     let mut first = server.connect_with(config.clone());
+    first.set_signer(alice.signer());
     assert_lists(&mut first);
     drop(first);
     server.vault().revoke_device(alice.device_id()).expect("revoke");
     let mut second = server.connect_with(config);
+    second.set_signer(alice.signer());
     assert_eq!(second.protocol_version(), Some(ProtocolVersion::TLSv1_2));
     assert_eq!(
         second.handshake_kind(),
@@ -229,12 +233,28 @@ fn disabled_owner_is_refused_at_once_on_an_open_connection() {
     // A new connection too.
     assert_problem(&list(&mut server.connect(&alice)), 403, "user-disabled");
     assert_lists(&mut bob_conn);
-    // Enabled again, the device works again: the check is made per request.
+    // Enabled again, the device works again: the check is made per request. Disabling
+    // ended the owner's sessions for good, so the old token stays refused and the owner
+    // logs in again on the device.
     server
         .vault()
         .update_user(alice_user.id, |b| b.disabled = false)
         .expect("enable");
-    assert_lists(&mut server.connect(&alice));
+    assert_problem(&list(&mut server.connect(&alice)), 401, "session-invalid");
+    let mut conn = server.connect(&alice);
+    conn.signer_mut().expect("a signer").token = None;
+    let res = conn
+        .request(
+            "POST",
+            "/v1/session",
+            &[("content-type", "application/json")],
+            br#"{"username":"alice","password":"password of alice"}"#,
+        )
+        .expect("POST /v1/session");
+    assert_eq!(res.status, 200, "login: {}", String::from_utf8_lossy(&res.body));
+    let token = res.json()["token"].as_str().expect("token").to_owned();
+    conn.signer_mut().expect("a signer").token = Some(token);
+    assert_lists(&mut conn);
 }
 
 #[test]
@@ -312,6 +332,7 @@ fn tls12_client_connects_when_enabled() {
     }
     .build();
     let mut conn = server.connect_with(config);
+    conn.set_signer(alice.signer());
     assert_eq!(conn.protocol_version(), Some(ProtocolVersion::TLSv1_2));
     assert_lists(&mut conn);
     // TLS 1.3 clients still get TLS 1.3.

@@ -15,7 +15,7 @@ use rustls::{ClientConnection, StreamOwned};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use common::client::{Connection, Response};
+use common::client::{Connection, Response, signed_head, unique_nonce};
 use common::server::{
     Identity, TestServer, assert_problem, content_path, id_of, meta_path, post, sha256_hex, start_server,
     start_server_with, test_options, upload,
@@ -171,12 +171,34 @@ fn raw_tls(server: &TestServer, identity: &Identity) -> StreamOwned<ClientConnec
 }
 
 /// Sends `POST /v1/documents` with a `Transfer-Encoding: chunked` body of `body`, in
-/// 64 KiB chunks (stops sending if the server closes), and reads the response.
-fn post_chunked(server: &TestServer, identity: &Identity, name: &str, body: &[u8]) -> std::io::Result<Response> {
+/// 64 KiB chunks (stops sending if the server closes), and reads the response. Signed as
+/// `identity` with the body's SHA-256, which `declare_hash` also sends (signed) in
+/// `x-amz-content-sha256`; otherwise the server verifies the signature once it has read
+/// the body.
+fn post_chunked(
+    server: &TestServer,
+    identity: &Identity,
+    name: &str,
+    body: &[u8],
+    declare_hash: bool,
+) -> std::io::Result<Response> {
     let mut stream = raw_tls(server, identity);
-    let head = format!(
-        "POST /v1/documents HTTP/1.1\r\nhost: localhost\r\nx-coffer-name: {name}\r\n\
-         content-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    let hash = sha256_hex(body);
+    let mut headers = vec![
+        ("x-coffer-name", name),
+        ("content-type", "application/octet-stream"),
+        ("transfer-encoding", "chunked"),
+    ];
+    if declare_hash {
+        headers.push(("x-amz-content-sha256", &hash));
+    }
+    let head = signed_head(
+        identity.signer().as_ref(),
+        "POST",
+        "/v1/documents",
+        "localhost",
+        &headers,
+        &hash,
     );
     stream.write_all(head.as_bytes())?;
     let mut sent_all = true;
@@ -761,12 +783,14 @@ fn chunked_upload_within_the_limit_is_stored() {
     let server = start_server_with(small_limit(MIB));
     let mut alice = member(&server, "alice");
     let data = pattern(12, MIB);
-    let res = post_chunked(&server, &alice.identity, "chunked.bin", &data).expect("response");
-    assert_eq!(res.status, 201, "{}", String::from_utf8_lossy(&res.body));
-    let doc = res.json();
-    assert_eq!(doc["size"], json!(MIB));
-    assert_eq!(doc["sha256"], json!(sha256_hex(&data)));
-    assert!(get(&mut alice.conn, &content_path(&id_of(&doc)), &[]).body == data);
+    for (name, declare_hash) in [("chunked.bin", false), ("chunked-declared.bin", true)] {
+        let res = post_chunked(&server, &alice.identity, name, &data, declare_hash).expect("response");
+        assert_eq!(res.status, 201, "{name}: {}", String::from_utf8_lossy(&res.body));
+        let doc = res.json();
+        assert_eq!(doc["size"], json!(MIB));
+        assert_eq!(doc["sha256"], json!(sha256_hex(&data)));
+        assert!(get(&mut alice.conn, &content_path(&id_of(&doc)), &[]).body == data);
+    }
 }
 
 #[test]
@@ -774,8 +798,17 @@ fn chunked_upload_one_byte_over_the_limit_is_413_and_leaves_nothing() {
     let server = start_server_with(small_limit(MIB));
     let mut alice = member(&server, "alice");
     let kept = id_of(&upload(&mut alice.conn, "small.bin", &[], &pattern(1, 1000)));
-    let res = post_chunked(&server, &alice.identity, "over.bin", &pattern(13, MIB + 1)).expect("response");
-    assert_problem(&res, 413, "payload-too-large");
+    for declare_hash in [false, true] {
+        let res = post_chunked(
+            &server,
+            &alice.identity,
+            "over.bin",
+            &pattern(13, MIB + 1),
+            declare_hash,
+        )
+        .expect("response");
+        assert_problem(&res, 413, "payload-too-large");
+    }
     assert_eq!(listed_ids(&mut alice.conn, ""), vec![kept.clone()]);
     drop(alice);
     let (_dirs, raw, staged) = stop_and_read_raw(server);
@@ -787,9 +820,17 @@ fn chunked_upload_far_over_the_limit_is_413_and_leaves_nothing() {
     let server = start_server_with(small_limit(MIB));
     let mut alice = member(&server, "alice");
     let kept = id_of(&upload(&mut alice.conn, "small.bin", &[], &pattern(1, 1000)));
-    let res = post_chunked(&server, &alice.identity, "far-over.bin", &pattern(14, 3 * MIB))
+    for declare_hash in [false, true] {
+        let res = post_chunked(
+            &server,
+            &alice.identity,
+            "far-over.bin",
+            &pattern(14, 3 * MIB),
+            declare_hash,
+        )
         .expect("an HTTP answer to the oversized chunked upload");
-    assert_problem(&res, 413, "payload-too-large");
+        assert_problem(&res, 413, "payload-too-large");
+    }
     assert_eq!(listed_ids(&mut alice.conn, ""), vec![kept.clone()]);
     drop(alice);
     let (_dirs, raw, staged) = stop_and_read_raw(server);
@@ -803,8 +844,15 @@ fn upload_cut_short_by_the_client_leaves_nothing() {
     let kept = id_of(&upload(&mut alice.conn, "small.bin", &[], &pattern(1, 1000)));
     {
         let mut stream = raw_tls(&server, &alice.identity);
-        let head = "POST /v1/documents HTTP/1.1\r\nhost: localhost\r\nx-coffer-name: cut.bin\r\n\
-                    content-length: 2097152\r\n\r\n";
+        // Signed for the whole 2 MiB body it announces, of which it sends only a part.
+        let head = signed_head(
+            alice.identity.signer().as_ref(),
+            "POST",
+            "/v1/documents",
+            "localhost",
+            &[("x-coffer-name", "cut.bin"), ("content-length", "2097152")],
+            &sha256_hex(&pattern(15, 2 * MIB)),
+        );
         stream.write_all(head.as_bytes()).expect("head");
         stream.write_all(&pattern(15, 300 * 1024)).expect("part of the body");
         stream.flush().expect("flush");
@@ -1089,7 +1137,14 @@ fn deleted_document_is_gone() {
     assert!(res.body.is_empty());
     assert_problem(&get(&mut alice.conn, &content_path(&id), &[]), 404, "not-found");
     assert_problem(&get(&mut alice.conn, &meta_path(&id), &[]), 404, "not-found");
-    assert_problem(&delete(&mut alice.conn, &id), 404, "not-found");
+    // The same DELETE again: a new request, not a replay of the first one (which may have
+    // been signed within the same second), so it carries its own nonce.
+    let nonce = unique_nonce();
+    let res = alice
+        .conn
+        .request("DELETE", &content_path(&id), &[("x-coffer-nonce", &nonce)], b"")
+        .expect("DELETE");
+    assert_problem(&res, 404, "not-found");
     assert_eq!(listed_ids(&mut alice.conn, ""), vec![other.clone()]);
     drop(alice);
     let (_dirs, raw, staged) = stop_and_read_raw(server);

@@ -19,7 +19,7 @@ use coffer::store::StoreOptions;
 use rustls::ClientConfig;
 use serde_json::{Value, json};
 
-use common::client::{ClientSetup, Connection, RawStream, Response, raw_tls, read_response};
+use common::client::{ClientSetup, Connection, RawStream, Response, Signer, raw_tls, read_response, signed_head};
 use common::server::{
     Identity, TestServer, assert_problem, content_path, id_of, meta_path, post, sha256_hex, start_server,
     start_server_with, test_options, upload,
@@ -130,16 +130,40 @@ fn wait_for_status(what: &str, status: u16, mut probe: impl FnMut() -> Response)
     }
 }
 
-/// One keep-alive connection driven by hand.
+/// One keep-alive connection driven by hand, signing its requests with `signer` (if any).
 struct RawConn {
     stream: BufReader<RawStream>,
+    signer: Option<Signer>,
 }
 
 impl RawConn {
-    fn open(config: Arc<ClientConfig>, addr: SocketAddr) -> Self {
+    fn open(config: Arc<ClientConfig>, addr: SocketAddr, signer: Option<Signer>) -> Self {
         Self {
             stream: BufReader::new(raw_tls(config, addr)),
+            signer,
         }
+    }
+
+    /// A connection presenting `who`'s certificate and signing as `who`.
+    fn signed(server: &TestServer, who: &Identity) -> Self {
+        Self::open(server.client_config(Some(who)), server.addr(), who.signer())
+    }
+
+    /// A connection presenting `who`'s certificate without signing.
+    fn unsigned(server: &TestServer, who: &Identity) -> Self {
+        Self::open(server.client_config(Some(who)), server.addr(), None)
+    }
+
+    /// The head of a request without a body, signed with the connection's signer.
+    fn head(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> String {
+        signed_head(
+            self.signer.as_ref(),
+            method,
+            target,
+            "localhost",
+            headers,
+            coffer::sigv4::EMPTY_SHA256,
+        )
     }
 
     fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -150,7 +174,8 @@ impl RawConn {
 
     /// `GET path`, and its response.
     fn get(&mut self, path: &str) -> std::io::Result<Response> {
-        self.send(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
+        let head = self.head("GET", path, &[]);
+        self.send(head.as_bytes())?;
         read_response(&mut self.stream)
     }
 }
@@ -180,13 +205,18 @@ struct PausedUpload {
 
 impl PausedUpload {
     /// Sends the head of `POST /v1/documents` for `body` with its full Content-Length,
-    /// and the first `sent` bytes.
+    /// signed as `who` with the whole body's SHA-256 (verified once the body is read), and
+    /// the first `sent` bytes.
     fn start(server: &TestServer, who: &Identity, name: &str, body: &[u8], sent: usize) -> Self {
         let mut stream = raw_tls(server.client_config(Some(who)), server.addr());
-        let head = format!(
-            "POST /v1/documents HTTP/1.1\r\nhost: localhost\r\nx-coffer-name: {name}\r\n\
-             content-length: {}\r\n\r\n",
-            body.len()
+        let len = body.len().to_string();
+        let head = signed_head(
+            who.signer().as_ref(),
+            "POST",
+            "/v1/documents",
+            "localhost",
+            &[("x-coffer-name", name), ("content-length", &len)],
+            &sha256_hex(body),
         );
         stream.write_all(head.as_bytes()).expect("upload head");
         stream.write_all(&body[..sent]).expect("first part of the body");
@@ -286,9 +316,15 @@ fn a_device_at_its_transfer_limit_gets_429_until_one_ends_and_other_devices_go_o
 /// cannot hand the whole document over.
 fn start_held_download(server: &TestServer, who: &Identity, path: &str) -> BufReader<RawStream> {
     let mut stream = raw_tls(server.client_config(Some(who)), server.addr());
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
-        .expect("download request");
+    let head = signed_head(
+        who.signer().as_ref(),
+        "GET",
+        path,
+        "localhost",
+        &[],
+        coffer::sigv4::EMPTY_SHA256,
+    );
+    stream.write_all(head.as_bytes()).expect("download request");
     stream.flush().expect("flush");
     BufReader::with_capacity(1024, stream)
 }
@@ -405,7 +441,7 @@ fn a_stalled_upload_body_is_408_the_connection_closed_and_nothing_kept() {
 fn a_revoked_device_is_cut_off_after_the_401() {
     let server = start_server();
     let alice = member_device(&server, "alice");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    let mut conn = RawConn::signed(&server, &alice);
     assert_eq!(conn.get("/v1/documents").expect("listing").status, 200);
     server.vault().revoke_device(alice.device_id()).expect("revoke");
     let res = conn.get("/v1/documents").expect("the 401");
@@ -417,7 +453,7 @@ fn a_revoked_device_is_cut_off_after_the_401() {
 fn unknown_devices_and_disabled_owners_are_cut_off_too() {
     let server = start_server();
     let stranger = server.unregistered_certificate();
-    let mut conn = RawConn::open(server.client_config(Some(&stranger)), server.addr());
+    let mut conn = RawConn::unsigned(&server, &stranger);
     assert_problem(&conn.get("/v1/documents").expect("the 401"), 401, "device-unknown");
     assert_closed(conn.get("/v1/documents"), "second request after device-unknown");
 
@@ -427,7 +463,7 @@ fn unknown_devices_and_disabled_owners_are_cut_off_too() {
         .vault()
         .update_user(user.id, |b| b.disabled = true)
         .expect("disable");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    let mut conn = RawConn::signed(&server, &alice);
     assert_problem(&conn.get("/v1/documents").expect("the 403"), 403, "user-disabled");
     assert_closed(conn.get("/v1/documents"), "second request after user-disabled");
 }
@@ -436,7 +472,7 @@ fn unknown_devices_and_disabled_owners_are_cut_off_too() {
 fn success_and_not_found_keep_the_connection_open() {
     let server = start_server();
     let alice = member_device(&server, "alice");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    let mut conn = RawConn::signed(&server, &alice);
     assert_eq!(conn.get("/v1/documents").expect("listing").status, 200);
     let missing = DocumentId::random().expect("id").to_string();
     assert_problem(&conn.get(&content_path(&missing)).expect("404"), 404, "not-found");
@@ -601,6 +637,10 @@ impl Restarted {
         let (vault, _) = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default()).expect("reopen the vault");
         let vault = Arc::new(vault);
         let server = coffer::http::start(vault.clone(), test_options()).expect("restart the server");
+        // Requests signed in the second the server started are refused.
+        while time::OffsetDateTime::now_utc().unix_timestamp() < server.signatures_from() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Self {
             addr: server.addr(),
             server: Some(server),
@@ -633,7 +673,9 @@ impl Restarted {
 
     fn connect(&self, who: &Identity) -> Connection {
         let config = ClientSetup::new(&self.ca_pem, Some((&who.cert_pem, &who.key_pem))).build();
-        Connection::open(config, self.addr, "localhost").expect("TLS connection")
+        let mut conn = Connection::open(config, self.addr, "localhost").expect("TLS connection");
+        conn.set_signer(who.signer());
+        conn
     }
 }
 
@@ -802,7 +844,7 @@ fn assert_closed_within(stream: &mut RawStream, within: Duration, what: &str) {
 fn a_second_request_left_unfinished_on_a_kept_alive_connection_is_cut() {
     let server = start_server_with(options(|l| l.body_idle_timeout_secs = 1));
     let alice = member_device(&server, "alice");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    let mut conn = RawConn::signed(&server, &alice);
     assert_eq!(conn.get("/v1/documents").expect("listing").status, 200);
     // actix times out only the first request's headers: this one it would wait for forever.
     conn.send(b"GET /v1/docu").expect("partial request");
@@ -820,15 +862,19 @@ fn a_json_body_left_unfinished_is_cut() {
     let mut c = server.connect(&alice);
     let id = id_of(&upload(&mut c, "doc.txt", &[], b"x"));
     let mut stream = raw_tls(server.client_config(Some(&alice)), server.addr());
-    stream
-        .write_all(
-            format!(
-                "PATCH {} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{",
-                meta_path(&id)
-            )
-            .as_bytes(),
-        )
-        .expect("partial PATCH");
+    // Signed for the 100-byte body it announces, of which it sends only the first byte.
+    let body = format!("{{\"title\":\"{}\"}}", "t".repeat(100 - 12));
+    assert_eq!(body.len(), 100);
+    let head = signed_head(
+        alice.signer().as_ref(),
+        "PATCH",
+        &meta_path(&id),
+        "localhost",
+        &[("content-type", "application/json"), ("content-length", "100")],
+        &sha256_hex(body.as_bytes()),
+    );
+    stream.write_all(head.as_bytes()).expect("PATCH head");
+    stream.write_all(&body.as_bytes()[..1]).expect("partial PATCH");
     stream.flush().expect("flush");
     assert_closed_within(&mut stream, Duration::from_secs(6), "an unfinished JSON body");
     // The document is unchanged.
@@ -860,18 +906,34 @@ fn a_download_the_client_stops_reading_is_cut_and_gives_its_slot_back() {
 fn unknown_paths_and_methods_authenticate_first() {
     let server = start_server();
     let alice = member_device(&server, "alice");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
+    // Unsigned, a path that does not exist or a method a path does not take gets the 401
+    // (not a 404 or 405), and the connection ends.
+    let mut conn = RawConn::unsigned(&server, &alice);
+    assert_problem(&conn.get("/nope").expect("the 401"), 401, "signature-required");
+    assert_closed(conn.get("/nope"), "after an unsigned request to an unknown path");
+    let mut conn = RawConn::unsigned(&server, &alice);
+    conn.send(b"PUT /v1/documents HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+        .expect("wrong method");
+    let res = read_response(&mut conn.stream).expect("the 401");
+    assert_problem(&res, 401, "signature-required");
+    assert_closed(conn.get("/nope"), "after an unsigned request with a wrong method");
+    // Authenticated, they are a 404 and a 405.
+    let mut conn = RawConn::signed(&server, &alice);
     let res = conn.get("/nope").expect("unknown path");
     assert_problem(&res, 404, "not-found");
+    let head = conn.head("PUT", "/v1/documents", &[("content-length", "0")]);
+    conn.send(head.as_bytes()).expect("wrong method");
+    let res = read_response(&mut conn.stream).expect("the 405");
+    assert_problem(&res, 405, "method-not-allowed");
     server.vault().revoke_device(alice.device_id()).expect("revoke");
     // A revoked device knocking on a path that does not exist still gets its 401, and the
     // connection ends.
     let res = conn.get("/nope").expect("the 401");
     assert_problem(&res, 401, "device-revoked");
     assert_closed(conn.get("/nope"), "after a 401 on an unknown path");
-    let mut conn = RawConn::open(server.client_config(Some(&alice)), server.addr());
-    conn.send(b"PUT /v1/documents HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
-        .expect("wrong method");
+    let mut conn = RawConn::signed(&server, &alice);
+    let head = conn.head("PUT", "/v1/documents", &[("content-length", "0")]);
+    conn.send(head.as_bytes()).expect("wrong method");
     let res = read_response(&mut conn.stream).expect("the 401");
     assert_problem(&res, 401, "device-revoked");
 }

@@ -27,6 +27,8 @@ pub const CLIENT_CERT: &str = "client.crt";
 pub const CLIENT_KEY: &str = "client.key";
 /// The sample file the printed curl command uploads.
 pub const SAMPLE_FILE: &str = "hello.txt";
+/// The demo device's client profile.
+pub const PROFILE_FILE: &str = "profile.toml";
 
 /// Setting up the development instance failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,12 @@ pub fn passphrase_file(paths: &Paths) -> PathBuf {
 
 /// `keys/dev/password`: the demo user's password.
 pub fn password_file(paths: &Paths) -> PathBuf {
-    dev_dir(paths).join("password")
+    password_file_in(&paths.keys_dir)
+}
+
+/// `<keys_dir>/dev/password`.
+pub fn password_file_in(keys_dir: &Path) -> PathBuf {
+    keys_dir.join(DEV_DIR).join("password")
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
@@ -177,18 +184,7 @@ pub fn prepare(
         }
     };
     let cert_path = dir.join(CLIENT_CERT);
-    let usable = match std::fs::read_to_string(&cert_path) {
-        Ok(pem) => match crate::pki::from_pem(&pem, "CERTIFICATE", "client.crt") {
-            Ok(der) => {
-                vault
-                    .device_by_thumbprint(&crate::pki::thumbprint(&der))?
-                    .is_some_and(|d| !d.body.revoked && d.expires > crate::model::Timestamp::now())
-                    && dir.join(CLIENT_KEY).is_file()
-            }
-            Err(_) => false,
-        },
-        Err(_) => false,
-    };
+    let usable = demo_device(paths, &vault)?.is_some() && dir.join(CLIENT_KEY).is_file();
     if !usable {
         let issued = vault.issue_device(user.id, "development device", pki.device_days)?;
         write_private(&dir.join(CLIENT_KEY), &issued.key.to_pem().map_err(PkiFileError::from)?)?;
@@ -201,4 +197,49 @@ pub fn prepare(
         durable::write_atomic(&sample, b"Hello from coffer.\n", 0o644).map_err(io(&sample))?;
     }
     Ok((vault, report))
+}
+
+/// The demo device of `keys/dev/client.crt`, if it is registered, active and has a
+/// signing secret.
+pub fn demo_device(paths: &Paths, vault: &Vault) -> Result<Option<super::principals::DeviceInfo>, DevError> {
+    let Ok(pem) = std::fs::read_to_string(dev_dir(paths).join(CLIENT_CERT)) else {
+        return Ok(None);
+    };
+    let Ok(der) = crate::pki::from_pem(&pem, "CERTIFICATE", "client.crt") else {
+        return Ok(None);
+    };
+    Ok(vault
+        .device_by_thumbprint(&crate::pki::thumbprint(&der))?
+        .filter(|d| !d.body.revoked && d.expires > crate::model::Timestamp::now() && d.body.signing_secret.is_some()))
+}
+
+/// Writes `keys/dev/profile.toml` for the demo device (replacing any), with `endpoint`.
+pub fn write_profile(
+    paths: &Paths,
+    vault: &Vault,
+    endpoint: &str,
+    region: &str,
+) -> Result<crate::client::Profile, DevError> {
+    let device = demo_device(paths, vault)?
+        .ok_or_else(|| VaultError::Invalid("the demo device is missing; restart `coffer serve --dev`".into()))?;
+    let secret = device
+        .body
+        .signing_secret
+        .clone()
+        .ok_or_else(|| VaultError::Invalid("the demo device has no signing secret".into()))?;
+    let profile = crate::client::Profile {
+        endpoint: endpoint.to_owned(),
+        region: region.to_owned(),
+        service: crate::http::auth::SERVICE.to_owned(),
+        access_key_id: device.id.to_string(),
+        secret_access_key: secret,
+        ca: PathBuf::from("..").join(super::pki::CA_CERT_FILE),
+        cert: CLIENT_CERT.into(),
+        key: CLIENT_KEY.into(),
+        username: DEMO_USER.to_owned(),
+        password_file: Some("password".into()),
+    };
+    let path = dev_dir(paths).join(PROFILE_FILE);
+    write_private(&path, &profile.to_toml())?;
+    Ok(profile)
 }

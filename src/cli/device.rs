@@ -46,9 +46,34 @@ pub struct IssueCmd {
     /// Encrypt the PKCS#12 bundle with 3DES/SHA-1 for old importers (default: AES-256/SHA-256).
     #[arg(long)]
     legacy_p12: bool,
+    /// The server URL written into the client profile [config: public_url; default:
+    /// https://<first name of the server certificate>:<listen port>].
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
 }
 
-const OUT_FILES: [&str; 4] = ["device.crt", "device.key", "device.p12", "ca.crt"];
+const OUT_FILES: [&str; 5] = ["device.crt", "device.key", "device.p12", "ca.crt", "profile.toml"];
+
+/// The URL devices reach the server at: `explicit`, else `public_url`, else the server
+/// certificate's first name with the listen port.
+pub(super) fn endpoint(ctx: &Context, explicit: Option<&str>) -> anyhow::Result<String> {
+    if let Some(url) = explicit.map(str::to_owned).or_else(|| ctx.config.public_url.clone()) {
+        if !url.starts_with("https://") {
+            anyhow::bail!("the endpoint must be an https:// URL, e.g. https://coffer.example.com:8443");
+        }
+        return Ok(url.trim_end_matches('/').to_owned());
+    }
+    let paths = ctx.paths();
+    let cert = crate::app::pki::read_cert(&crate::app::pki::server_cert_path(&paths), "server.crt")?;
+    let info = crate::pki::cert_info(&cert, "server.crt")?;
+    let host = match info.sans.first() {
+        Some(crate::pki::San::Ip(std::net::IpAddr::V6(v6))) => format!("[{v6}]"),
+        Some(san) => san.to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = ctx.config.listen.map_or(8443, |l| l.port());
+    Ok(format!("https://{host}:{port}"))
+}
 
 fn write_new(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let path = dir.join(name);
@@ -77,6 +102,7 @@ impl IssueCmd {
                 super::user::MIN_PASSWORD_CHARS
             );
         }
+        let endpoint = endpoint(ctx, self.endpoint.as_deref())?;
         let vault = ctx.open_vault()?;
         let user = vault
             .user_by_name(&self.user)?
@@ -115,11 +141,30 @@ impl IssueCmd {
             password_text,
             flavour,
         )?;
+        let secret = issued
+            .device
+            .body
+            .signing_secret
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the new device has no signing secret"))?;
+        let profile = crate::client::Profile {
+            endpoint,
+            region: ctx.config.auth.region.clone(),
+            service: crate::http::auth::SERVICE.to_owned(),
+            access_key_id: issued.device.id.to_string(),
+            secret_access_key: secret.clone(),
+            ca: "ca.crt".into(),
+            cert: "device.crt".into(),
+            key: "device.key".into(),
+            username: user.body.name.clone(),
+            password_file: None,
+        };
         let result = (|| {
             write_new(&self.out, "device.key", issued.key.to_pem()?.as_bytes(), 0o600)?;
             write_new(&self.out, "device.crt", to_pem(&issued.cert_der).as_bytes(), 0o644)?;
             write_new(&self.out, "device.p12", &p12, 0o600)?;
-            write_new(&self.out, "ca.crt", to_pem(&issued.ca_der).as_bytes(), 0o644)
+            write_new(&self.out, "ca.crt", to_pem(&issued.ca_der).as_bytes(), 0o644)?;
+            write_new(&self.out, "profile.toml", profile.to_toml().as_bytes(), 0o600)
         })();
         if let Err(e) = result {
             // The files are incomplete: the device must not stay usable.
@@ -128,9 +173,11 @@ impl IssueCmd {
         }
         println!("issued device {} for {} ({name})", issued.device.id, user.body.name);
         println!(
-            "wrote {}/{{device.crt,device.key,device.p12,ca.crt}}",
+            "wrote {}/{{device.crt,device.key,device.p12,ca.crt,profile.toml}}",
             self.out.display()
         );
+        println!("access key id (the device id): {}", issued.device.id);
+        println!("signing secret (shown once; also in profile.toml): {}", secret.expose());
         if self.p12_password_file.is_none() {
             println!("PKCS#12 password (shown once): {password_text}");
         }

@@ -1,5 +1,6 @@
 //! The command line. One file per subcommand; each talks to [`crate::app`].
 
+mod client;
 mod compact;
 mod config;
 mod device;
@@ -90,7 +91,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn paths(&self) -> Paths {
+    pub(crate) fn paths(&self) -> Paths {
         Paths {
             data_dir: self.config.data_dir.clone(),
             keys_dir: self.config.keys_dir.clone(),
@@ -213,6 +214,9 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(config::ConfigCmd),
+    /// The reference client: sign requests with a device profile, log in, upload and
+    /// download documents.
+    Client(client::ClientCmd),
 }
 
 impl Command {
@@ -228,6 +232,7 @@ impl Command {
             Self::Pins(_) => "coffer pins",
             Self::Cert(_) => "coffer cert",
             Self::Config(_) => "coffer config",
+            Self::Client(_) => "coffer client",
         }
     }
 }
@@ -239,6 +244,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         // `config check` reports a broken configuration itself instead of failing on it.
         Command::Config(cmd) => cmd.run(&cli.global),
+        // The client needs no coffer on this machine, only its profile.
+        Command::Client(cmd) => cmd.run(),
         command => cli.global.context().and_then(|ctx| match command {
             Command::Init(cmd) => cmd.run(&ctx),
             Command::Key(cmd) => cmd.run(&ctx),
@@ -248,7 +255,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Device(cmd) => cmd.run(&ctx),
             Command::Pins(cmd) => cmd.run(&ctx),
             Command::Cert(cmd) => cmd.run(&ctx),
-            Command::Config(_) => Ok(()),
+            Command::Config(_) | Command::Client(_) => Ok(()),
         }),
     };
     match result {

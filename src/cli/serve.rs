@@ -1,7 +1,7 @@
 //! `coffer serve [--dev]`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
@@ -50,26 +50,71 @@ fn base_url(addr: SocketAddr) -> String {
     }
 }
 
-/// The two curl commands `serve --dev` prints: the first uploads the sample file and keeps
-/// the new document's id in `$ID`, the second fetches it.
-pub fn dev_curl_commands(keys_dir: &Path, addr: SocketAddr) -> [String; 2] {
+/// What `serve --dev` prints: shell commands that work verbatim from the current
+/// directory.
+#[derive(Debug, Clone)]
+pub struct DevCommands {
+    /// curl: logs the demo user in and keeps the session token in `$TOKEN`.
+    pub curl_login: String,
+    /// curl: uploads the sample file and keeps the new document's id in `$ID`.
+    pub curl_upload: String,
+    /// curl: fetches it back.
+    pub curl_fetch: String,
+    /// The reference client: uploads the sample file (logging in by itself).
+    pub client_put: String,
+    /// The reference client: lists the documents.
+    pub client_list: String,
+}
+
+/// The commands for the demo profile; `exe` is how to run coffer.
+pub fn dev_commands(keys_dir: &Path, profile: &crate::client::Profile, exe: &Path) -> DevCommands {
     let dir = keys_dir.join(dev::DEV_DIR);
-    let tls = format!(
-        "--cacert {} --cert {} --key {}",
+    let curl = format!(
+        "curl -sS --cacert {} --cert {} --key {} --aws-sigv4 'aws:amz:{}:{}' --user '{}:{}'",
         sh(&keys_dir.join(crate::app::pki::CA_CERT_FILE)),
         sh(&dir.join(dev::CLIENT_CERT)),
         sh(&dir.join(dev::CLIENT_KEY)),
+        profile.region,
+        profile.service,
+        profile.access_key_id,
+        profile.secret_access_key.expose(),
     );
-    let url = base_url(addr);
-    [
-        format!(
-            "ID=$(curl -sS {tls} -H 'X-Coffer-Name: {name}' -H 'Content-Type: text/plain' \
+    let url = &profile.endpoint;
+    let password = sh(&dev::password_file_in(keys_dir));
+    let profile_path = sh(&dir.join(dev::PROFILE_FILE));
+    let exe = sh(exe);
+    DevCommands {
+        curl_login: format!(
+            "TOKEN=$({curl} -H 'Content-Type: application/json' \
+             --data-binary \"{{\\\"username\\\":\\\"{user}\\\",\\\"password\\\":\\\"$(cat {password})\\\"}}\" \
+             {url}/v1/session | sed -n 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/p'); echo \"session token: ${{#TOKEN}} characters\"",
+            user = profile.username,
+        ),
+        curl_upload: format!(
+            "ID=$({curl} -H \"X-Amz-Security-Token: $TOKEN\" -H 'X-Coffer-Name: {name}' -H 'Content-Type: text/plain' \
              --data-binary @{file} {url}/v1/documents | sed -n 's/.*\"id\":\"\\([0-9a-f]*\\)\".*/\\1/p'); echo \"uploaded document $ID\"",
             name = dev::SAMPLE_FILE,
             file = sh(&dir.join(dev::SAMPLE_FILE)),
         ),
-        format!("curl -sS {tls} {url}/v1/documents/$ID"),
-    ]
+        curl_fetch: format!("{curl} -H \"X-Amz-Security-Token: $TOKEN\" {url}/v1/documents/$ID"),
+        client_put: format!(
+            "{exe} client --profile {profile_path} put {}",
+            sh(&dir.join(dev::SAMPLE_FILE))
+        ),
+        client_list: format!("{exe} client --profile {profile_path} list"),
+    }
+}
+
+/// How to run this program from the current directory (relative when below it).
+fn this_exe() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("coffer"));
+    match std::env::current_dir() {
+        Ok(cwd) => match exe.strip_prefix(&cwd) {
+            Ok(rel) => PathBuf::from(".").join(rel),
+            Err(_) => exe,
+        },
+        Err(_) => exe,
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: every connection is a
@@ -153,15 +198,26 @@ impl ServeCmd {
             auth: ctx.config.auth.clone(),
         };
         raise_open_files(ctx.config.limits.max_connections);
-        let server = start(Arc::new(vault), options)?;
+        let vault = Arc::new(vault);
+        let server_vault = self.dev.then(|| vault.clone());
+        let server = start(vault, options)?;
         println!("coffer listening on {}", base_url(server.addr()));
         if self.dev {
-            let [upload, fetch] = dev_curl_commands(&paths.keys_dir, server.addr());
-            println!("upload a file (from this directory):");
-            println!("  {upload}");
-            println!("fetch it back:");
-            println!("  {fetch}");
+            let vault = server_vault.as_ref().ok_or_else(|| anyhow::anyhow!("no vault"))?;
+            let profile = dev::write_profile(&paths, vault, &base_url(server.addr()), &ctx.config.auth.region)?;
+            let c = dev_commands(&paths.keys_dir, &profile, &this_exe());
+            println!(
+                "with the reference client (it logs in by itself; profile in {}):",
+                dev::dev_dir(&paths).join(dev::PROFILE_FILE).display()
+            );
+            println!("  {}", c.client_put);
+            println!("  {}", c.client_list);
+            println!("with curl (from this directory): log in, upload a file, fetch it back:");
+            println!("  {}", c.curl_login);
+            println!("  {}", c.curl_upload);
+            println!("  {}", c.curl_fetch);
         }
+        drop(server_vault);
         server.wait()?;
         Ok(())
     }

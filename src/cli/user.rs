@@ -1,4 +1,4 @@
-//! `coffer user add|list|disable`.
+//! `coffer user add|list|disable|totp|unlock`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,6 +27,38 @@ pub enum UserCmd {
         /// The user name.
         name: String,
     },
+    /// Enrol a TOTP second factor (RFC 6238): prints an otpauth:// URI and its QR code for
+    /// an authenticator app; from then on logins need the current code.
+    Totp {
+        /// The user name.
+        name: String,
+        /// Remove the second factor instead.
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Clear a user's failed-login count and lock.
+    Unlock {
+        /// The user name.
+        name: String,
+    },
+}
+
+fn find(vault: &crate::app::Vault, name: &str) -> anyhow::Result<crate::app::principals::UserInfo> {
+    vault
+        .user_by_name(name)?
+        .ok_or_else(|| anyhow::anyhow!("no user named {name:?} (see `coffer user list`)"))
+}
+
+/// A QR code of `text` for a terminal (dark modules as dark characters).
+pub fn qr_code(text: &str) -> anyhow::Result<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(text.as_bytes())?;
+    Ok(code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 /// `coffer user add`.
@@ -98,11 +130,32 @@ impl UserCmd {
             }
             Self::Disable { name } => {
                 let vault = ctx.open_vault()?;
-                let user = vault
-                    .user_by_name(&name)?
-                    .ok_or_else(|| anyhow::anyhow!("no user named {name:?} (see `coffer user list`)"))?;
+                let user = find(&vault, &name)?;
                 vault.update_user(user.id, |b| b.disabled = true)?;
-                println!("disabled {name}: their devices are refused from their next request to a server started now");
+                println!(
+                    "disabled {name}: their sessions are ended and their devices refused from their next request \
+                     to a server started now"
+                );
+            }
+            Self::Totp { name, disable } => {
+                let vault = ctx.open_vault()?;
+                let user = find(&vault, &name)?;
+                match vault.set_totp(user.id, !disable)? {
+                    None => println!("removed the second factor of {name}: logins need only the password"),
+                    Some(seed) => {
+                        let uri = crate::crypto::totp::otpauth_uri("coffer", &name, seed.expose());
+                        println!("second factor enrolled for {name}; scan this with an authenticator app:");
+                        println!("{}", qr_code(&uri)?);
+                        println!("{uri}");
+                        println!("(shown once; run this again to replace it, or with --disable to remove it)");
+                    }
+                }
+            }
+            Self::Unlock { name } => {
+                let vault = ctx.open_vault()?;
+                let user = find(&vault, &name)?;
+                vault.unlock_user(user.id)?;
+                println!("cleared the failed logins of {name}");
             }
         }
         Ok(())

@@ -449,3 +449,39 @@ pub fn read_response(reader: &mut impl BufRead) -> std::io::Result<Response> {
     reader.read_exact(&mut body)?;
     Ok(Response { status, headers, body })
 }
+
+/// The head of a request written by hand: the request line, `host`, `headers` as given,
+/// and (with a signer) the signature headers over `host` and every one of `headers` with
+/// `payload_sha256` as the body's hash, then the blank line. Without a signer, unsigned.
+pub fn signed_head(
+    signer: Option<&Signer>,
+    method: &str,
+    target: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    payload_sha256: &str,
+) -> String {
+    let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if let Some(signer) = signer {
+        for (n, v) in signer.sign(method, target, host, headers, payload_sha256) {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// A value for `x-coffer-nonce` that no other call in this process returns, so that a
+/// write repeated within the same second is signed differently (not a replay).
+pub fn unique_nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{now}-{n}", std::process::id())
+}
