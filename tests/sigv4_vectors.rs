@@ -21,13 +21,14 @@ use coffer::sigv4::{
 /// layer refuses anyway, as `(case, reason)`.
 ///
 /// The suite test asserts the facts behind each reason on the case's files, and that no
-/// other case shows such a fact, so this list stays complete and true. The upstream
-/// `aws-sigv4` crate skips the get-space and get-utf8 cases in its own run of the suite for
-/// the same reason: they sign a path encoded once, a double-encoding signer cannot produce
-/// them from a request that can be sent. Refusals that
-/// depend on the deployment (the access key must be the device id, the region is
-/// configured, the service is `coffer`, `x-amz-date` must be within 5 minutes of the
-/// server's clock) apply to every case alike and are not listed.
+/// other case shows such a fact, so this list stays complete and true.
+///
+/// The get-space and get-utf8 cases sign a path encoded once; a double-encoding signer
+/// cannot produce them from a request that can be sent, and the `aws-sigv4` crate skips
+/// them in its own run of the suite for that reason. Refusals that depend on the
+/// deployment (the access key must be the device id, the region is configured, the service
+/// is `coffer`, `x-amz-date` must be within 5 minutes of the server's clock) apply to every
+/// case alike and are not listed.
 const REFUSED_BY_THE_SERVER: &[(&str, &str)] = &[
     (
         "get-header-value-multiline",
