@@ -57,7 +57,10 @@ struct DevServer {
     stdout_lines: Receiver<String>,
     /// The address printed on the first line.
     addr: SocketAddr,
-    /// The two indented commands, without their indentation.
+    /// The indented commands, without their indentation.
+    client_put: String,
+    client_list: String,
+    login: String,
     upload: String,
     fetch: String,
 }
@@ -100,12 +103,15 @@ impl DevServer {
             stderr,
             stdout_lines: rx,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            client_put: String::new(),
+            client_list: String::new(),
+            login: String::new(),
             upload: String::new(),
             fetch: String::new(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let mut lines = Vec::new();
-        while lines.len() < 5 {
+        while lines.len() < 8 {
             let left = deadline.saturating_duration_since(Instant::now());
             match server.stdout_lines.recv_timeout(left) {
                 Ok(line) => lines.push(line),
@@ -129,21 +135,33 @@ impl DevServer {
             .unwrap_or_else(|| panic!("first line: {lines:?}"));
         server.addr = url.parse().unwrap_or_else(|e| panic!("address {url:?}: {e}"));
         assert!(server.addr.ip().is_loopback() && server.addr.port() != 0, "{lines:?}");
-        assert_eq!(lines[1], "upload a file (from this directory):", "{lines:?}");
-        assert_eq!(lines[3], "fetch it back:", "{lines:?}");
-        let indented = |l: &str| {
+        assert!(lines[1].starts_with("with the reference client"), "{lines:?}");
+        assert!(lines[4].starts_with("with curl"), "{lines:?}");
+        let indented = |l: &str, starts: &[&str]| {
             l.strip_prefix("  ")
-                .filter(|c| c.starts_with("curl ") || c.starts_with("ID=$(curl "))
-                .unwrap_or_else(|| panic!("not an indented curl command: {l:?}"))
+                .filter(|c| starts.iter().any(|s| c.starts_with(s)))
+                .unwrap_or_else(|| panic!("not an indented command starting with {starts:?}: {l:?}"))
                 .to_owned()
         };
-        server.upload = indented(&lines[2]);
-        server.fetch = indented(&lines[4]);
+        server.client_put = indented(&lines[2], &["/", "./"]);
+        server.client_list = indented(&lines[3], &["/", "./"]);
+        server.login = indented(&lines[5], &["TOKEN=$(curl "]);
+        server.upload = indented(&lines[6], &["ID=$(curl "]);
+        server.fetch = indented(&lines[7], &["curl "]);
+        for c in [&server.login, &server.upload, &server.fetch] {
+            assert!(
+                c.contains("--aws-sigv4 'aws:amz:local:coffer'") && c.contains(" --user '"),
+                "a curl command does not sign: {c}"
+            );
+        }
         let port = format!(":{}", server.addr.port());
         assert!(
-            server.upload.contains(&port) && server.fetch.contains(&port),
+            server.login.contains(&port) && server.upload.contains(&port) && server.fetch.contains(&port),
             "the commands do not use the listening port: {lines:?}"
         );
+        // Requests signed in the second the server started are refused (no replay window
+        // across restarts): let that second pass.
+        std::thread::sleep(Duration::from_millis(1000));
         server
     }
 
@@ -204,7 +222,8 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// The development files, relative to the working directory.
-const DEV_FILES: [&str; 5] = [
+const DEV_FILES: [&str; 6] = [
+    "keys/dev/profile.toml",
     "keys/dev/passphrase",
     "keys/dev/password",
     "keys/dev/client.crt",
@@ -242,6 +261,12 @@ struct DemoClient {
     ca: String,
     cert: String,
     key: String,
+    /// From keys/dev/profile.toml.
+    access_key: String,
+    secret: String,
+    password: String,
+    /// Session token, after [`DemoClient::login`].
+    token: Option<String>,
 }
 
 /// A response: status and body.
@@ -260,11 +285,63 @@ impl Reply {
 impl DemoClient {
     fn read(dir: &Path) -> Self {
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let profile: toml::Table = read("keys/dev/profile.toml").parse().expect("profile TOML");
+        let field = |k: &str| profile[k].as_str().unwrap_or_else(|| panic!("profile {k}")).to_owned();
         Self {
             ca: read("keys/ca.crt"),
             cert: read("keys/dev/client.crt"),
             key: read("keys/dev/client.key"),
+            access_key: field("access_key_id"),
+            secret: field("secret_access_key"),
+            password: read("keys/dev/password").trim_end().to_owned(),
+            token: None,
         }
+    }
+
+    /// Logs the demo user in (a session for the following requests).
+    fn login(mut self, addr: SocketAddr) -> Self {
+        let body = serde_json::json!({"username": "demo", "password": self.password}).to_string();
+        let res = self.request(
+            addr,
+            "POST",
+            "/v1/session",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(res.status, 200, "login: {}", String::from_utf8_lossy(&res.body));
+        self.token = Some(res.json()["token"].as_str().expect("token").to_owned());
+        self
+    }
+
+    /// The SigV4 headers for a request, made by an independent signer (the aws-sigv4 crate).
+    fn sign(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<(String, String)> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let identity = aws_credential_types::Credentials::new(
+            &self.access_key,
+            &self.secret,
+            self.token.clone(),
+            None,
+            "dev profile",
+        )
+        .into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region("local")
+            .name("coffer")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .expect("signing params")
+            .into();
+        let url = format!("https://127.0.0.1{path}");
+        let mut all: Vec<(&str, &str)> = vec![("host", "127.0.0.1")];
+        all.extend_from_slice(headers);
+        let req = SignableRequest::new(method, &url, all.into_iter(), SignableBody::Bytes(body)).expect("signable");
+        let (instructions, _) = sign(req, &params).expect("sign").into_parts();
+        instructions
+            .headers()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
     }
 
     fn config(&self) -> Arc<rustls::ClientConfig> {
@@ -297,6 +374,9 @@ impl DemoClient {
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
         for (n, v) in headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        for (n, v) in self.sign(method, path, headers, body) {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
         if !body.is_empty() || method == "POST" {
@@ -410,7 +490,7 @@ fn printed_curl_commands_upload_and_fetch_the_sample_file() {
     assert!(stderr.contains("development mode"), "no development warning: {stderr}");
 
     // The commands, verbatim, in the server's working directory.
-    let script = format!("{}\n{}", server.upload, server.fetch);
+    let script = format!("{}\n{}\n{}", server.login, server.upload, server.fetch);
     let out = Command::new("sh")
         .arg("-c")
         .arg(&script)
@@ -427,6 +507,7 @@ fn printed_curl_commands_upload_and_fetch_the_sample_file() {
         text(&out.stderr)
     );
     let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("session token: 43 characters"), "{stdout}");
     let id = lines
         .next()
         .and_then(|l| l.strip_prefix("uploaded document "))
@@ -438,17 +519,57 @@ fn printed_curl_commands_upload_and_fetch_the_sample_file() {
     );
     let fetched: String = lines.map(|l| format!("{l}\n")).collect();
     assert_eq!(fetched, "Hello from coffer.\n", "fetched content: {stdout}");
-    assert_eq!(stdout, format!("uploaded document {id}\nHello from coffer.\n"));
+    assert_eq!(
+        stdout,
+        format!("session token: 43 characters\nuploaded document {id}\nHello from coffer.\n")
+    );
     assert!(out.stderr.is_empty(), "curl complained: {}", text(&out.stderr));
 
     // The same document through an independent client, byte for byte.
-    let client = DemoClient::read(d);
+    let client = DemoClient::read(d).login(server.addr);
     let res = client.request(server.addr, "GET", &format!("/v1/documents/{id}"), &[], b"");
     assert_eq!(res.status, 200);
     assert_eq!(res.body, b"Hello from coffer.\n");
     let meta = client.request(server.addr, "GET", &format!("/v1/documents/{id}/meta"), &[], b"");
     assert_eq!(meta.status, 200);
     assert_eq!(meta.json()["name"], "hello.txt");
+
+    // The reference client commands, verbatim: it logs in by itself, uploads, lists.
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd} failed ({}): {}",
+            out.status,
+            text(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{cmd} printed no JSON ({e}): {}", text(&out.stdout)))
+    };
+    let put = run(&server.client_put);
+    let client_id = put["id"].as_str().expect("id of the client's upload").to_owned();
+    assert_eq!(put["name"], "hello.txt");
+    assert_eq!(put["size"], 19);
+    assert!(
+        d.join("keys/dev/profile.session.toml").is_file(),
+        "the client kept no session"
+    );
+    assert_eq!(mode(&d.join("keys/dev/profile.session.toml")), 0o600);
+    let listed = run(&server.client_list);
+    let ids: Vec<&str> = listed["documents"]
+        .as_array()
+        .expect("documents")
+        .iter()
+        .filter_map(|doc| doc["id"].as_str())
+        .collect();
+    assert!(ids.contains(&id) && ids.contains(&client_id.as_str()), "{listed}");
+    assert_eq!(mode(&d.join("keys/dev/profile.toml")), 0o600, "profile mode");
 }
 
 #[test]
@@ -457,7 +578,7 @@ fn a_second_start_reuses_everything() {
     let d = dir.path();
     let first = DevServer::start(d, &[]);
     let content = pattern(7, 200_000);
-    let client = DemoClient::read(d);
+    let client = DemoClient::read(d).login(first.addr);
     let res = client.request(
         first.addr,
         "POST",
@@ -537,7 +658,9 @@ fn coffer_passphrase_is_used_when_set() {
         assert!(d.join(f).is_file(), "{f} missing");
     }
     // It serves.
-    let res = DemoClient::read(d).request(server.addr, "GET", "/v1/documents", &[], b"");
+    let res = DemoClient::read(d)
+        .login(server.addr)
+        .request(server.addr, "GET", "/v1/documents", &[], b"");
     assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
     server.stop();
     assert!(!d.join("keys/dev/passphrase").exists());
