@@ -418,8 +418,10 @@ pub fn signature(key: &[u8; 32], string_to_sign: &str) -> [u8; 32] {
 
 /// Checks `auth` against the request, compared in constant time. The canonical request is
 /// tried in the forms signers are known to produce: the path normalized or as sent (see
-/// the module notes), and the query canonical or as sent (curl 7.x signs it unsorted); each
-/// form still covers every byte of the request line. `amz_date` is the request's
+/// the module notes), and the query canonical or as sent (curl 7.x signs it unsorted).
+/// The normalized path does not cover bytes of segments that `..` removes: the HTTP layer
+/// refuses paths with empty, `.` or `..` segments, so for every path it accepts both
+/// forms cover every byte. `amz_date` is the request's
 /// `x-amz-date`; scope, clock and header policy are the caller's business.
 pub fn verify(
     req: &Request<'_>,
