@@ -37,12 +37,35 @@ fn connect_with_token(server: &TestServer, who: &Identity, token: Option<&str>) 
     conn
 }
 
+/// A fresh value for the signed `X-Coffer-Nonce` header: without one, the same write
+/// signed twice within a second is the same signature, which the server refuses as a
+/// replay (as it should).
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("n{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// `POST /v1/session` with `body`, signed by `who`'s device, on a fresh connection
 /// without a session token.
 fn post_login(server: &TestServer, who: &Identity, body: &[u8]) -> Response {
+    let nonce = nonce();
     connect_with_token(server, who, None)
-        .request("POST", "/v1/session", &[("content-type", "application/json")], body)
+        .request(
+            "POST",
+            "/v1/session",
+            &[("content-type", "application/json"), ("x-coffer-nonce", &nonce)],
+            body,
+        )
         .expect("login request")
+}
+
+/// `DELETE /v1/session` on a fresh connection of `who` with `token`.
+fn logout(server: &TestServer, who: &Identity, token: Option<&str>) -> Response {
+    let nonce = nonce();
+    connect_with_token(server, who, token)
+        .request("DELETE", "/v1/session", &[("x-coffer-nonce", &nonce)], b"")
+        .expect("logout request")
 }
 
 /// Logs `name` in on `who`'s device; returns the token.
@@ -126,16 +149,10 @@ fn login_returns_a_token_that_works_until_logout() {
     common::server::upload(&mut conn, "with session.txt", &[], b"content");
 
     // Logout ends it.
-    let res = connect_with_token(&server, &anna, Some(&token))
-        .request("DELETE", "/v1/session", &[], b"")
-        .expect("logout");
-    assert_ok(&res, 204);
+    assert_ok(&logout(&server, &anna, Some(&token)), 204);
     assert_problem(&list(&server, &anna, Some(&token)), 401, "session-invalid");
     // Logging out again with the ended token is refused like any use of it.
-    let res = connect_with_token(&server, &anna, Some(&token))
-        .request("DELETE", "/v1/session", &[], b"")
-        .expect("logout again");
-    assert_problem(&res, 401, "session-invalid");
+    assert_problem(&logout(&server, &anna, Some(&token)), 401, "session-invalid");
     // Only that session ended: the device's other one still works.
     assert_ok(&list(&server, &anna, anna.token.as_deref()), 200);
 }
@@ -150,10 +167,7 @@ fn document_request_without_token_is_session_required() {
         .request("POST", "/v1/documents", &[("x-coffer-name", "x.txt")], b"x")
         .expect("upload");
     assert_problem(&res, 401, "session-required");
-    let res = connect_with_token(&server, &anna, None)
-        .request("DELETE", "/v1/session", &[], b"")
-        .expect("logout");
-    assert_problem(&res, 401, "session-required");
+    assert_problem(&logout(&server, &anna, None), 401, "session-required");
     // With the session, nothing was stored.
     let res = list(&server, &anna, anna.token.as_deref());
     assert_ok(&res, 200);
