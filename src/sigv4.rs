@@ -487,7 +487,7 @@ pub fn parse_amz_date(s: &str) -> Option<time::OffsetDateTime> {
 }
 
 /// Signs a request: returns the `Authorization` value. The request must already carry every
-/// header in `signed_headers` (lower case, sorted), including `host` and `x-amz-date`.
+/// header in `signed_headers` (any case, any order), including `host` and `x-amz-date`.
 pub fn authorization(
     req: &Request<'_>,
     creds: &Credentials<'_>,
@@ -495,6 +495,10 @@ pub fn authorization(
     signed_headers: &[String],
     payload_hash: &str,
 ) -> Result<String, SigError> {
+    let mut sorted: Vec<String> = signed_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    sorted.sort();
+    sorted.dedup();
+    let signed_headers = &sorted;
     let date = amz_date
         .get(..8)
         .ok_or(SigError::Malformed("x-amz-date is too short"))?;
