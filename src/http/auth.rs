@@ -534,9 +534,7 @@ impl Identified {
         if sigv4::canonical_uri(request.path, sigv4::PathForm::AsSent)
             != sigv4::canonical_uri(request.path, sigv4::PathForm::Normalized)
         {
-            return Err(invalid(
-                "the path must not contain empty, '.' or '..' segments".into(),
-            ));
+            return Err(invalid("the path must not contain empty, '.' or '..' segments".into()));
         }
         for required in ["host", "x-amz-date"] {
             if !auth.signs(required) {
