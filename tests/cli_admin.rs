@@ -498,6 +498,8 @@ struct Issued {
     out: PathBuf,
     /// The generated PKCS#12 password, when one was printed.
     password: Option<String>,
+    /// The signing secret, printed once.
+    secret: String,
 }
 
 /// `coffer device issue --user USER --out OUT EXTRA...`, checking the printed lines.
@@ -516,10 +518,21 @@ fn issue(dirs: &TestDirs, user: &str, out: &Path, extra: &[&str]) -> Issued {
         .lines()
         .find_map(|l| l.strip_prefix("PKCS#12 password (shown once): "))
         .map(str::to_owned);
+    assert!(
+        stdout.contains(&format!("access key id (the device id): {id}")),
+        "{stdout}"
+    );
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("signing secret (shown once; also in profile.toml): "))
+        .unwrap_or_else(|| panic!("no signing secret printed: {stdout}"))
+        .to_owned();
+    assert_eq!(secret.len(), 40, "{secret:?}");
     Issued {
         id: id.to_owned(),
         out: out.to_path_buf(),
         password,
+        secret,
     }
 }
 
@@ -539,10 +552,22 @@ fn common_name(der: &[u8]) -> String {
 /// and the certificate.
 fn check_credentials(dirs: &TestDirs, issued: &Issued, password: &str, legacy: bool) {
     let out = &issued.out;
-    for f in ["device.crt", "device.key", "device.p12", "ca.crt"] {
+    for f in ["device.crt", "device.key", "device.p12", "ca.crt", "profile.toml"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert_eq!(mode(&out.join("device.key")), 0o600, "device.key mode");
+    // The client profile: the device's SigV4 credentials and the files beside it.
+    assert_eq!(mode(&out.join("profile.toml")), 0o600, "profile.toml mode");
+    let profile = coffer::client::Profile::load(&out.join("profile.toml")).expect("a valid profile");
+    assert_eq!(profile.access_key_id, issued.id);
+    assert_eq!(profile.secret_access_key.expose(), issued.secret);
+    assert_eq!((profile.region.as_str(), profile.service.as_str()), ("local", "coffer"));
+    assert_eq!(profile.endpoint, "https://localhost:8443", "the default endpoint");
+    assert_eq!(
+        (profile.ca.to_str(), profile.cert.to_str(), profile.key.to_str()),
+        (Some("ca.crt"), Some("device.crt"), Some("device.key"))
+    );
+    assert_eq!(profile.password_file, None, "a real profile holds no password");
     assert_eq!(
         file_bytes(&out.join("ca.crt")),
         file_bytes(&keys_file(dirs, "ca.crt")),
@@ -723,7 +748,7 @@ fn device_issue_never_overwrites_files() {
     add_user_cli(&dirs, "carl", "member", "correct horse battery");
     let out = dirs.root.path().join("out");
     let issued = issue(&dirs, "carl", &out, &[]);
-    let names = ["device.crt", "device.key", "device.p12", "ca.crt"];
+    let names = ["device.crt", "device.key", "device.p12", "ca.crt", "profile.toml"];
     let before: Vec<Vec<u8>> = names.iter().map(|f| file_bytes(&out.join(f))).collect();
 
     let stderr = fails(
@@ -737,7 +762,7 @@ fn device_issue_never_overwrites_files() {
     }
     assert_eq!(
         files_under(&out).len(),
-        4,
+        5,
         "extra files in --out: {:?}",
         files_under(&out)
     );
@@ -1036,4 +1061,76 @@ fn default_directories_are_relative_to_the_working_directory() {
         "pins with ./coffer.toml",
     );
     assert!(stderr.contains("elsewhere"), "./coffer.toml was not read: {stderr}");
+}
+
+#[test]
+fn device_issue_takes_the_endpoint_from_the_flag_or_public_url() {
+    let dirs = initialised();
+    add_user_cli(&dirs, "dora", "member", "correct horse battery");
+    let out = dirs.root.path().join("flag");
+    issue(&dirs, "dora", &out, &["--endpoint", "https://coffer.example.com:9443/"]);
+    let profile = coffer::client::Profile::load(&out.join("profile.toml")).unwrap();
+    assert_eq!(profile.endpoint, "https://coffer.example.com:9443");
+    assert_eq!(profile.username, "dora");
+
+    let second = dirs.root.path().join("env");
+    let res = output(coffer(&dirs).env("COFFER_PUBLIC_URL", "https://files.example.org").args([
+        "device",
+        "issue",
+        "--user",
+        "dora",
+        "--out",
+        second.to_str().unwrap(),
+    ]));
+    expect_ok(res, "device issue with COFFER_PUBLIC_URL");
+    let profile = coffer::client::Profile::load(&second.join("profile.toml")).unwrap();
+    assert_eq!(profile.endpoint, "https://files.example.org");
+
+    let stderr = fails(
+        &dirs,
+        &[
+            "device",
+            "issue",
+            "--user",
+            "dora",
+            "--out",
+            dirs.root.path().join("bad").to_str().unwrap(),
+            "--endpoint",
+            "http://plain.example.com",
+        ],
+        1,
+    );
+    assert!(stderr.contains("https://"), "{stderr}");
+    assert!(!dirs.root.path().join("bad").exists(), "a refused issue wrote files");
+}
+
+#[test]
+fn user_totp_prints_a_uri_and_qr_code_and_unlock_names_the_user() {
+    let dirs = initialised();
+    add_user_cli(&dirs, "erik", "member", "correct horse battery");
+    let stdout = ok(&dirs, &["user", "totp", "erik"]);
+    let uri = stdout
+        .lines()
+        .find(|l| l.starts_with("otpauth://totp/coffer:erik?secret="))
+        .unwrap_or_else(|| panic!("no otpauth URI: {stdout}"));
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .and_then(|r| r.split('&').next())
+        .unwrap();
+    assert_eq!(secret.len(), 32, "160-bit base32 seed: {secret}");
+    assert!(uri.contains("&digits=6&period=30"), "{uri}");
+    // The QR code: block characters in several lines.
+    assert!(stdout.lines().filter(|l| l.contains('█') || l.contains('▀') || l.contains('▄')).count() > 10, "{stdout}");
+    // A second enrolment replaces the seed.
+    let again = ok(&dirs, &["user", "totp", "erik"]);
+    assert!(!again.contains(secret), "the seed did not change");
+    let off = ok(&dirs, &["user", "totp", "erik", "--disable"]);
+    assert!(off.contains("removed the second factor"), "{off}");
+    let done = ok(&dirs, &["user", "unlock", "erik"]);
+    assert!(done.contains("cleared the failed logins of erik"), "{done}");
+    let stderr = fails(&dirs, &["user", "unlock", "nobody"], 1);
+    assert!(stderr.contains("no user named \"nobody\""), "{stderr}");
+    let stderr = fails(&dirs, &["user", "totp", "nobody"], 1);
+    assert!(stderr.contains("coffer user list"), "{stderr}");
 }
