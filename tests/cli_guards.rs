@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::client::{ClientSetup, Connection, raw_tls, read_response};
+use common::client::{ClientSetup, Connection, Signer, raw_tls, read_response};
 use common::*;
 
 /// How long a server start may take (the first `serve --dev` creates a coffer).
@@ -462,7 +462,7 @@ fn device_issue_refuses_an_unsafe_out_and_keeps_a_safe_ones_mode() {
         &["device", "issue", "--user", "alice", "--out", out.to_str().unwrap()],
     );
     assert!(stdout.starts_with("issued device "), "{stdout}");
-    assert_eq!(files_under(&out).len(), 4, "{:?}", files_under(&out));
+    assert_eq!(files_under(&out).len(), 5, "{:?}", files_under(&out));
     assert_eq!(mode(&out), 0o755, "an existing --out changed its mode");
     assert_eq!(
         std::fs::metadata(&out).unwrap().uid(),
@@ -516,7 +516,7 @@ fn device_issue_refuses_a_pkcs12_password_under_twelve_characters() {
             file.to_str().unwrap(),
         ],
     );
-    assert_eq!(files_under(&out).len(), 4);
+    assert_eq!(files_under(&out).len(), 5);
     assert_eq!(device_rows(&dirs).len(), 1);
 }
 
@@ -610,18 +610,46 @@ fn serve_takes_transfer_limits_and_the_idle_timeout_from_the_configuration() {
 
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
     let (ca, cert, key) = (read("ca.crt"), read("device.crt"), read("device.key"));
+    // The device's SigV4 credentials from the profile `device issue` wrote.
+    let profile = coffer::client::Profile::load(&out.join("profile.toml")).unwrap();
+    let mut signer = Signer {
+        access_key: profile.access_key_id.clone(),
+        secret: profile.secret_access_key.expose().to_owned(),
+        region: profile.region.clone(),
+        token: None,
+    };
     let client = ClientSetup::new(&ca, Some((&cert, &key))).build();
+    // Requests signed in the second the server started are refused.
+    std::thread::sleep(Duration::from_millis(1100));
     let mut conn = Connection::open(client.clone(), addr, "localhost").expect("TLS connection");
+    conn.set_signer(Some(signer.clone()));
+    let login = conn
+        .request(
+            "POST",
+            "/v1/session",
+            &[("content-type", "application/json")],
+            br#"{"username":"alice","password":"correct horse battery"}"#,
+        )
+        .expect("login");
+    assert_eq!(login.status, 200, "{}", text(&login.body));
+    signer.token = Some(login.json()["token"].as_str().unwrap().to_owned());
+    conn.set_signer(Some(signer.clone()));
     let res = conn.request("GET", "/v1/documents", &[], b"").expect("listing");
     assert_eq!(res.status, 200, "{}", text(&res.body));
 
     // An upload that sends half its body and stalls holds the device's only slot...
     let mut stalled = raw_tls(client, addr);
-    stalled
-        .write_all(
-            b"POST /v1/documents HTTP/1.1\r\nhost: localhost\r\nx-coffer-name: s.bin\r\ncontent-length: 1000\r\n\r\n",
-        )
-        .unwrap();
+    let body_hash = coffer::sigv4::sha256_hex(&[7u8; 1000]);
+    let headers = [("x-coffer-name", "s.bin"), ("x-amz-content-sha256", body_hash.as_str())];
+    let mut head = String::from("POST /v1/documents HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    for (n, v) in signer.sign("POST", "/v1/documents", "localhost", &headers, &body_hash) {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stalled.write_all(head.as_bytes()).unwrap();
     stalled.write_all(&[7u8; 500]).unwrap();
     stalled.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
