@@ -75,8 +75,8 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
     }
 }
 
-/// The session kept in the state file.
-#[derive(Clone, Serialize, Deserialize)]
+/// The session kept in the state file (its `Debug` redacts the token).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedSession {
     /// The token.
     pub token: crate::secret::SecretString,
@@ -269,6 +269,11 @@ impl Client {
             .as_ref()
             .map_or_else(|| sigv4::EMPTY_SHA256.to_owned(), |(_, _, h)| h.clone());
         let mut extra: Vec<(String, String)> = headers.to_vec();
+        if method != "GET" && method != "HEAD" {
+            // Every write is distinct, so a retry within the same second is not a replay.
+            let nonce: [u8; 8] = crate::crypto::random_bytes().map_err(|e| ClientError::Credentials(e.to_string()))?;
+            extra.push(("x-coffer-nonce".into(), sigv4::hex(&nonce)));
+        }
         if body.is_some() {
             extra.push(("x-amz-content-sha256".into(), payload_hash.clone()));
         }
