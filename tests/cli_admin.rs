@@ -1074,14 +1074,11 @@ fn device_issue_takes_the_endpoint_from_the_flag_or_public_url() {
     assert_eq!(profile.username, "dora");
 
     let second = dirs.root.path().join("env");
-    let res = output(coffer(&dirs).env("COFFER_PUBLIC_URL", "https://files.example.org").args([
-        "device",
-        "issue",
-        "--user",
-        "dora",
-        "--out",
-        second.to_str().unwrap(),
-    ]));
+    let res = output(
+        coffer(&dirs)
+            .env("COFFER_PUBLIC_URL", "https://files.example.org")
+            .args(["device", "issue", "--user", "dora", "--out", second.to_str().unwrap()]),
+    );
     expect_ok(res, "device issue with COFFER_PUBLIC_URL");
     let profile = coffer::client::Profile::load(&second.join("profile.toml")).unwrap();
     assert_eq!(profile.endpoint, "https://files.example.org");
@@ -1113,15 +1110,18 @@ fn user_totp_prints_a_uri_and_qr_code_and_unlock_names_the_user() {
         .lines()
         .find(|l| l.starts_with("otpauth://totp/coffer:erik?secret="))
         .unwrap_or_else(|| panic!("no otpauth URI: {stdout}"));
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .and_then(|r| r.split('&').next())
-        .unwrap();
+    let secret = uri.split("secret=").nth(1).and_then(|r| r.split('&').next()).unwrap();
     assert_eq!(secret.len(), 32, "160-bit base32 seed: {secret}");
     assert!(uri.contains("&digits=6&period=30"), "{uri}");
     // The QR code: block characters in several lines.
-    assert!(stdout.lines().filter(|l| l.contains('█') || l.contains('▀') || l.contains('▄')).count() > 10, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains('█') || l.contains('▀') || l.contains('▄'))
+            .count()
+            > 10,
+        "{stdout}"
+    );
     // A second enrolment replaces the seed.
     let again = ok(&dirs, &["user", "totp", "erik"]);
     assert!(!again.contains(secret), "the seed did not change");
