@@ -827,3 +827,36 @@ fn failure_budget_stops_a_failing_device_but_not_its_neighbour() {
         .send(&server, &bob);
     assert_status(&res, 201);
 }
+
+#[test]
+fn paths_with_empty_dot_or_dot_dot_segments_are_refused_before_the_signature() {
+    let server = start_server_with(lenient_options());
+    let anna = member(&server, "anna");
+    let id = id_of(&upload(&mut server.connect(&anna), "a.txt", &[], b"content"));
+    // Each correctly signed by the independent signer (which normalizes the path), yet
+    // refused: the normalized signature would not cover every byte of the path.
+    for target in [
+        "/v1//documents".to_owned(),
+        "/v1/./documents".to_owned(),
+        format!("/v1/documents/x/../{id}"),
+        format!("/v1/documents/{id}/."),
+    ] {
+        let res = Aws::of(&anna).sign("GET", &target, &[], b"").send(&server, &anna);
+        assert_problem(&res, 401, "signature-invalid");
+        assert!(
+            res.json()["detail"].as_str().unwrap_or("").contains("segments"),
+            "{target}: {}",
+            String::from_utf8_lossy(&res.body)
+        );
+    }
+    // A trailing slash removes nothing: it is covered, and simply not a route.
+    let res = Aws::of(&anna)
+        .sign("GET", &format!("/v1/documents/{id}/"), &[], b"")
+        .send(&server, &anna);
+    assert_problem(&res, 404, "not-found");
+    // The plain path with the same signer works.
+    let res = Aws::of(&anna)
+        .sign("GET", &format!("/v1/documents/{id}"), &[], b"")
+        .send(&server, &anna);
+    assert_status(&res, 200);
+}
