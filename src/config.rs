@@ -529,6 +529,47 @@ mod tests {
     }
 
     #[test]
+    fn auth_defaults_are_on_and_bad_auth_values_are_named() {
+        let c = Config::default();
+        assert!(c.auth.signatures && c.auth.sessions);
+        assert_eq!(c.auth.region, "local");
+        for (toml, key) in [
+            ("[auth]\nregion = \"eu west\"\n", "auth.region"),
+            (
+                "[auth]\nsession_ttl_secs = 600\nsession_idle_secs = 601\n",
+                "auth.session_idle_secs",
+            ),
+            ("[auth]\nmax_login_failures = 0\n", "auth.max_login_failures"),
+            (
+                "[auth]\nlockout_secs = 120\nlockout_max_secs = 60\n",
+                "auth.lockout_max_secs",
+            ),
+            ("public_url = \"http://x\"\n", "public_url"),
+        ] {
+            let err = Config::from_toml(toml, "x")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "COFFER_SIGNATURES" => Some("false".into()),
+            "COFFER_REGION" => Some("eu-central-1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(!c.auth.signatures);
+        assert_eq!(c.auth.region, "eu-central-1");
+        c.validate().unwrap();
+        assert!(
+            c.apply_env(|k| (k == "COFFER_SESSIONS").then(|| "maybe".into()))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         let c = Config::from_toml("[pki]\ndevice_days = 0\n", "x").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("pki.device_days"));
