@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -312,8 +312,10 @@ fn a_device_at_its_transfer_limit_gets_429_until_one_ends_and_other_devices_go_o
     assert_database_holds_only(server, &[&kept, &tablet_doc, &id_of(&first_doc), &again]);
 }
 
-/// Sends `GET path` and reads only the head, leaving the body unread so the server
-/// cannot hand the whole document over.
+/// Sends `GET path` and waits until the answer begins (a `200`: the download holds its
+/// transfer slots), leaving the response unread so the server cannot hand the whole
+/// document over. (Without the wait, a request sent right after it could take the slots
+/// first and the download would be refused.)
 fn start_held_download(server: &TestServer, who: &Identity, path: &str) -> BufReader<RawStream> {
     let mut stream = raw_tls(server.client_config(Some(who)), server.addr());
     let head = signed_head(
@@ -326,7 +328,15 @@ fn start_held_download(server: &TestServer, who: &Identity, path: &str) -> BufRe
     );
     stream.write_all(head.as_bytes()).expect("download request");
     stream.flush().expect("flush");
-    BufReader::with_capacity(1024, stream)
+    let mut reader = BufReader::with_capacity(1024, stream);
+    // Peeked, not consumed: the caller may still read the whole response.
+    let start = reader.fill_buf().expect("the start of the download");
+    assert!(
+        start.starts_with(b"HTTP/1.1 200 "),
+        "the download did not start: {}",
+        String::from_utf8_lossy(start)
+    );
+    reader
 }
 
 #[test]
@@ -430,8 +440,10 @@ fn a_stalled_upload_body_is_408_the_connection_closed_and_nothing_kept() {
         }
     }
 
-    assert_eq!(listed_ids(&mut conn), vec![kept.clone()]);
+    // On a new connection: the first one has idled past the watchdog (twice the 1 s idle
+    // timeout) while the stalled upload was waited for.
     drop(conn);
+    assert_eq!(listed_ids(&mut server.connect(&alice)), vec![kept.clone()]);
     assert_database_holds_only(server, &[&kept]);
 }
 
