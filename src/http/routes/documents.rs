@@ -581,6 +581,7 @@ pub async fn patch_meta(
     let body = super::read_small_body(&state, payload).await?;
     let caller = who.verify(&req, Body::Bytes(&body), true)?;
     require_document_role(&caller)?;
+    super::require_json(&req)?;
     let patch: MetaPatch = serde_json::from_slice(&body).map_err(|e| Problem {
         close: true,
         ..Problem::detail(Reason::InvalidRequest, format!("invalid JSON body: {e}"))

@@ -116,3 +116,24 @@ pub fn rfc3339(t: crate::model::Timestamp) -> String {
         .and_then(|d| d.format(&format).ok())
         .unwrap_or_default()
 }
+
+/// Refuses a JSON endpoint's request whose `Content-Type` is not `application/json`.
+pub fn require_json(req: &actix_web::HttpRequest) -> Result<(), Problem> {
+    let ok = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem {
+            close: true,
+            ..Problem::detail(
+                Reason::InvalidRequest,
+                "the body must be JSON (Content-Type: application/json)",
+            )
+        })
+    }
+}

@@ -45,6 +45,7 @@ pub async fn login(
             "integration identities sign their requests and hold no session",
         ));
     }
+    super::require_json(&req)?;
     let login: LoginJson = serde_json::from_slice(&body).map_err(|_| {
         Problem::detail(
             Reason::InvalidRequest,
