@@ -13,10 +13,17 @@
 //!    - `http/download/64MiB`: `GET /v1/documents/{id}` (read, decrypt, stream).
 //!
 //!    Both servers run in this process, each on its own thread with one worker per CPU (the
-//!    product's default), `TCP_NODELAY` left off as the product leaves it, the TLS
-//!    configuration of `coffer::http::tls::server_config` (TLS 1.3, ring, client certificates
-//!    checked against coffer's CA, no resumption) and the product's `on_connect` hook. The client is
-//!    `tests/common/client.rs` presenting a device certificate issued by the product; every
+//!    product's default), `TCP_NODELAY` on as the product sets it, the TLS configuration of
+//!    `coffer::http::tls::server_config` (TLS 1.3, ring, client certificates checked against
+//!    coffer's CA, no resumption) and the product's `on_connect` hook. The product server
+//!    runs with the production authentication default (`AuthConfig::default()`: SigV4
+//!    signatures and user sessions required). The client is `tests/common/client.rs`
+//!    presenting a device certificate issued by the product and signing every request with
+//!    that device's secret and a session token of its owner (logged in through the vault,
+//!    untimed, before the server starts); an upload declares its body's SHA-256, computed
+//!    beforehand, in `x-amz-content-sha256` and carries a unique `x-coffer-nonce` (a write's
+//!    signature may be accepted once only). Requests to the bench's own server are signed the
+//!    same way, so both carry the same head; that server checks nothing. Every
 //!    transfer gets a fresh connection whose handshake is not timed. Time runs from the
 //!    request head to the last byte of the response (for an upload: to the 201, i.e. after
 //!    the durable publish). The first transfer of each figure is an untimed warm-up that
@@ -27,11 +34,17 @@
 //!
 //! 2. **Server RSS during a 1 GiB upload** (`http/rss/1GiB`): the `coffer` binary runs as a
 //!    child process (`serve --dev` in a fresh directory each repetition, cheap argon2id,
-//!    redb cache 32 MiB as by default), the client streams 1 GiB from a generator (never
-//!    held in memory), and a sampler reads the child's `/proc/PID/status` every 5 ms. The
-//!    child's high-water mark is reset just before the upload (`/proc/PID/clear_refs`), so
-//!    `VmHWM` is the upload's own peak. Target: below 96 MiB. The upload's client-side
-//!    throughput and the server process's CPU time are reported too.
+//!    redb cache 32 MiB and signatures and sessions required, as by default). The client
+//!    reads the demo device's credentials from `keys/dev/profile.toml` and the demo user's
+//!    password from `keys/dev/password`, logs in with a signed `POST /v1/session` (untimed,
+//!    before the memory figures), then streams a signed upload of 1 GiB from a generator
+//!    (never held in memory) carrying the session token. A streamed upload declares its
+//!    SHA-256 in `x-amz-content-sha256`, so the generator's content is hashed once up
+//!    front (untimed; the server's SHA-256 in the 201 is checked against it). A sampler
+//!    reads the child's `/proc/PID/status` every 5 ms. The child's high-water mark is reset
+//!    just before the upload (`/proc/PID/clear_refs`), so `VmHWM` is the upload's own peak.
+//!    Target: below 96 MiB. The upload's client-side throughput and the server process's CPU
+//!    time are reported too.
 //!
 //! ```text
 //! cargo bench --bench http              # measure (see docs/performance.md)
@@ -67,19 +80,20 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer};
 use coffer::app::init::PkiPlan;
 use coffer::app::principals::UserBody;
+use coffer::app::sessions::{Credentials, SessionPolicy};
 use coffer::app::{Paths, Vault};
-use coffer::config::{Limits, TlsVersion};
+use coffer::config::{AuthConfig, Limits, TlsVersion};
 use coffer::crypto::kdf::KdfParams;
 use coffer::crypto::stream::CHUNK_SIZE;
 use coffer::http::ServerOptions;
-use coffer::model::Role;
+use coffer::model::{Role, Timestamp};
 use coffer::secret::Passphrase;
 use coffer::store::StoreOptions;
 use futures_util::StreamExt;
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 
-use client::{ClientSetup, Connection};
+use client::{ClientSetup, Connection, Signer, unique_nonce};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -89,6 +103,10 @@ const CLIENT_PIECE: usize = 256 * 1024;
 /// Pieces the memory endpoint streams: one chunk's plaintext, as the product's reader.
 const MEMORY_PIECE: usize = CHUNK_SIZE as usize;
 const PASSPHRASE: &str = "correct horse battery staple";
+/// The bench member's name and password (hashed with cheap argon2id; the session is opened
+/// with it).
+const MEMBER: &str = "bench";
+const MEMBER_PASSWORD: &str = "bench member password";
 const TARGET_UPLOAD_RATIO: f64 = 0.6;
 const TARGET_DOWNLOAD_RATIO: f64 = 0.6;
 const RSS_TARGET: u64 = 96 * MIB;
@@ -196,6 +214,29 @@ impl Read for Generator {
         fill(self.offset, &mut buf[..n]);
         self.offset += n as u64;
         Ok(n)
+    }
+}
+
+/// Lower-case hex SHA-256 of [`Generator`]'s first `len` bytes, hashed piece by piece.
+fn generator_sha256(len: u64) -> String {
+    let mut hasher = Sha256::new();
+    let mut source = Generator { offset: 0, len };
+    let mut buf = vec![0u8; CLIENT_PIECE];
+    loop {
+        let n = source.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    coffer::sigv4::hex(&hasher.finalize())
+}
+
+/// Waits until requests signed now are accepted by a server whose first accepted second is
+/// `from` (Unix seconds).
+fn wait_for_second(from: i64) {
+    while time::OffsetDateTime::now_utc().unix_timestamp() < from {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -321,11 +362,13 @@ impl TransportServer {
 // Client
 // ---------------------------------------------------------------------------------------
 
-/// A client config, where to connect, and whose CPU time to count (`None`: this process,
-/// which then holds the client and the servers).
+/// A client config, where to connect, how to sign, and whose CPU time to count (`None`:
+/// this process, which then holds the client and the servers).
 struct Target {
     config: Arc<ClientConfig>,
     addr: SocketAddr,
+    /// The device's credentials and session token; every request is signed with them.
+    signer: Option<Signer>,
     pid: Option<u32>,
 }
 
@@ -387,20 +430,27 @@ impl Timer {
 
 impl Target {
     fn connect(&self) -> Connection {
-        Connection::open(self.config.clone(), self.addr, "localhost").expect("mTLS handshake")
+        let mut conn = Connection::open(self.config.clone(), self.addr, "localhost").expect("mTLS handshake");
+        conn.set_signer(self.signer.clone());
+        conn
     }
 
-    /// Uploads `len` bytes of `body` on a fresh connection; returns the time from the request
-    /// head to the end of the response, and the response's JSON.
-    fn upload(&self, path: &str, len: u64, body: impl Read) -> (Sample, serde_json::Value) {
+    /// Uploads `len` bytes of `body`, whose SHA-256 is `sha256` (lower-case hex), on a fresh
+    /// connection; returns the time from the request head to the end of the response, and
+    /// the response's JSON.
+    fn upload(&self, path: &str, len: u64, body: impl Read, sha256: &str) -> (Sample, serde_json::Value) {
         let mut conn = self.connect();
+        // A write's signature is accepted once: uploads signed in the same second differ by
+        // their nonce.
+        let nonce = unique_nonce();
         let headers = [
             ("x-coffer-name", "bench.bin"),
             ("content-type", "application/octet-stream"),
+            ("x-coffer-nonce", nonce.as_str()),
         ];
         let timer = Timer::start(self.pid);
         let res = conn
-            .request_streamed("POST", path, &headers, len, body, CLIENT_PIECE)
+            .request_streamed("POST", path, &headers, len, body, CLIENT_PIECE, sha256)
             .unwrap();
         let sample = timer.stop(len);
         assert_eq!(res.status, 201, "{path}: {}", String::from_utf8_lossy(&res.body));
@@ -507,16 +557,44 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
     let (vault, _) = Vault::open(&paths, &passphrase(), options).unwrap();
     let user = vault
         .add_user(UserBody {
-            name: "bench".into(),
+            name: MEMBER.into(),
             role: Role::Member,
             password_hash: KdfParams::for_tests()
-                .hash_password(&Passphrase::new("x".repeat(12)))
+                .hash_password(&Passphrase::new(MEMBER_PASSWORD.to_owned()))
                 .unwrap(),
             disabled: false,
             totp: None,
         })
         .unwrap();
     let device = vault.issue_device(user.id, "bench", 30).unwrap();
+    // The production default: signatures and sessions required. The member logs in on its
+    // device through the vault (what `POST /v1/session` does), before the server owns it.
+    let auth = AuthConfig::default();
+    let session = vault
+        .login(
+            &device.device,
+            &Credentials {
+                username: MEMBER,
+                password: &Passphrase::new(MEMBER_PASSWORD.to_owned()),
+                totp: None,
+            },
+            &SessionPolicy::from(&auth),
+            Timestamp::now(),
+        )
+        .unwrap();
+    let signer = Signer {
+        access_key: device.device.id.to_string(),
+        secret: device
+            .device
+            .body
+            .signing_secret
+            .as_ref()
+            .expect("a new device has a signing secret")
+            .expose()
+            .to_owned(),
+        region: auth.region.clone(),
+        token: Some(session.token.expose().to_owned()),
+    };
     let ca_pem = coffer::pki::to_pem(&device.ca_der);
     let cert_pem = coffer::pki::to_pem(&device.cert_der);
     let key_pem = device.key.to_pem().unwrap();
@@ -536,35 +614,41 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
                 ..Limits::default()
             },
             workers: Some(workers),
+            auth,
         },
     )
     .unwrap();
     let transport = TransportServer::start(tls, workers);
+    // Requests signed in the second the server started are refused.
+    wait_for_second(product.signatures_from());
 
     let config = ClientSetup::new(&ca_pem, Some((&cert_pem, &key_pem))).build();
     let product_t = Target {
         config: config.clone(),
         addr: product.addr(),
+        signer: Some(signer.clone()),
         pid: None,
     };
+    // Signed too (the server ignores it), so both servers get the same request heads.
     let transport_t = Target {
         config,
         addr: transport.addr,
+        signer: Some(signer),
         pid: None,
     };
 
     // The document downloads read, uploaded (untimed) with its SHA-256 checked.
     let doc_id = figures.contains(&Figure::Download).then(|| {
-        let (_, doc) = product_t.upload("/v1/documents", size, content);
+        let (_, doc) = product_t.upload("/v1/documents", size, content, &sha256);
         assert_eq!(doc["sha256"].as_str(), Some(sha256.as_str()), "upload: SHA-256");
         doc["id"].as_str().expect("id").to_owned()
     });
     let doc_path = doc_id.as_ref().map(|id| format!("/v1/documents/{id}"));
     let run = |figure: Figure, check: bool| -> Sample {
         match figure {
-            Figure::Discard => transport_t.upload("/discard", size, content).0,
+            Figure::Discard => transport_t.upload("/discard", size, content, &sha256).0,
             Figure::Upload => {
-                let (sample, json) = product_t.upload("/v1/documents", size, content);
+                let (sample, json) = product_t.upload("/v1/documents", size, content, &sha256);
                 if check {
                     assert_eq!(json["sha256"].as_str(), Some(sha256.as_str()), "upload: SHA-256");
                 }
@@ -582,7 +666,7 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
         run(f, true);
     }
     if figures.contains(&Figure::Discard) {
-        let (_, json) = transport_t.upload("/discard", size, content);
+        let (_, json) = transport_t.upload("/discard", size, content, &sha256);
         let pieces = json["pieces"].as_u64().unwrap_or(0).max(1);
         println!(
             "the server received the {} body in {pieces} pieces (mean {:.1} KiB)",
@@ -688,7 +772,26 @@ fn read_file(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn rss_run(size: u64) -> RssRun {
+/// Waits (up to 30 s) for a file the child writes, e.g. the dev profile, which `serve --dev`
+/// writes just after it starts listening.
+fn wait_for_file(path: &Path, child: &mut ChildGuard, stderr_path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.is_file() {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "coffer serve --dev exited ({status}) before writing {}: {}",
+                path.display(),
+                std::fs::read_to_string(stderr_path).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `size` bytes of [`Generator`]'s content, whose SHA-256 is `sha256`, uploaded to a
+/// `serve --dev` child as its demo user.
+fn rss_run(size: u64, sha256: &str) -> RssRun {
     let dir = bench_tempdir();
     let stderr_path = dir.path().join("server.stderr");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer"));
@@ -712,6 +815,9 @@ fn rss_run(size: u64) -> RssRun {
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let mut addr = None;
     let mut line = String::new();
+    // The server's first accepted second is at most one after the second it was seen
+    // listening in (it is fixed just before the listener starts).
+    let mut listening_at = 0;
     while addr.is_none() {
         line.clear();
         if stdout.read_line(&mut line).unwrap() == 0 {
@@ -724,18 +830,51 @@ fn rss_run(size: u64) -> RssRun {
             .trim()
             .strip_prefix("coffer listening on https://")
             .map(|a| a.parse::<SocketAddr>().expect("listen address"));
+        listening_at = time::OffsetDateTime::now_utc().unix_timestamp();
     }
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
 
     let keys = dir.path().join("keys");
+    let profile_path = keys.join("dev/profile.toml");
+    wait_for_file(&profile_path, &mut child, &stderr_path);
+    let profile: toml::Table = read_file(&profile_path).parse().expect("profile.toml");
+    let field = |k: &str| {
+        profile[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("profile.toml: {k}"))
+            .to_owned()
+    };
+    let password = read_file(&keys.join("dev/password")).trim_end().to_owned();
     let ca_pem = read_file(&keys.join("ca.crt"));
     let cert_pem = read_file(&keys.join("dev/client.crt"));
     let key_pem = read_file(&keys.join("dev/client.key"));
-    let target = Target {
+    let mut target = Target {
         config: ClientSetup::new(&ca_pem, Some((&cert_pem, &key_pem))).build(),
         addr: addr.unwrap(),
+        signer: Some(Signer {
+            access_key: field("access_key_id"),
+            secret: field("secret_access_key"),
+            region: field("region"),
+            token: None,
+        }),
         pid: Some(pid), // the server's CPU time alone
     };
+
+    // Log in as the demo user (signed, untimed, before the memory figures).
+    wait_for_second(listening_at + 1);
+    let body = serde_json::json!({ "username": field("username"), "password": password }).to_string();
+    let res = target
+        .connect()
+        .request(
+            "POST",
+            "/v1/session",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(res.status, 200, "login: {}", String::from_utf8_lossy(&res.body));
+    let token = res.json()["token"].as_str().expect("session token").to_owned();
+    target.signer.as_mut().expect("signer").token = Some(token);
 
     let idle = status(pid).expect("child status");
     let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok();
@@ -757,8 +896,9 @@ fn rss_run(size: u64) -> RssRun {
             (peak, n)
         })
     };
-    let (upload, _) = target.upload("/v1/documents", size, Generator { offset: 0, len: size });
+    let (upload, json) = target.upload("/v1/documents", size, Generator { offset: 0, len: size }, sha256);
     stop.store(true, Ordering::Relaxed);
+    assert_eq!(json["sha256"].as_str(), Some(sha256), "upload: SHA-256");
     let (peak, samples) = sampler.join().unwrap();
     let after = status(pid).expect("child status");
     drop(child);
@@ -839,9 +979,17 @@ fn main() {
         transfers(doc_size, reps, &figures)
     };
     let rss: Vec<RssRun> = if run_rss {
+        // Untimed: the streamed upload declares its SHA-256 before the body.
+        let hashing = Instant::now();
+        let big_sha256 = generator_sha256(big_size);
+        println!(
+            "SHA-256 of the {} generator computed up front in {:.1} s",
+            label(big_size),
+            hashing.elapsed().as_secs_f64()
+        );
         (0..rss_reps)
             .map(|i| {
-                let r = rss_run(big_size);
+                let r = rss_run(big_size, &big_sha256);
                 println!(
                     "{rss_id} rep {}: idle {:.1} MiB, peak VmRSS sampled {:.1} MiB (anon {:.1}, file {:.1}; {} samples), \
                      VmHWM {:.1} MiB{}; upload {:.0} MiB/s, server {:.2} cores",
