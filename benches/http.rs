@@ -569,7 +569,12 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
     let device = vault.issue_device(user.id, "bench", 30).unwrap();
     // The production default: signatures and sessions required. The member logs in on its
     // device through the vault (what `POST /v1/session` does), before the server owns it.
-    let auth = AuthConfig::default();
+    // (Writes dated up to 10 s ahead are accepted in production, so a fresh server refuses
+    // writes for 10 s; the bench signs with the server's own clock and does not wait.)
+    let auth = AuthConfig {
+        max_future_write_secs: 0,
+        ..AuthConfig::default()
+    };
     let session = vault
         .login(
             &device.device,
@@ -807,6 +812,7 @@ fn rss_run(size: u64, sha256: &str) -> RssRun {
     }
     cmd.env("COFFER_KDF_MEMORY_KIB", "64")
         .env("COFFER_KDF_ITERATIONS", "1")
+        .env("COFFER_MAX_FUTURE_WRITE_SECS", "0")
         .env("COFFER_MAX_UPLOAD_BYTES", (2 * GIB).to_string());
     let mut child = ChildGuard(cmd.spawn().expect("start the coffer binary"));
     let pid = child.0.id();

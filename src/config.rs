@@ -206,6 +206,10 @@ pub struct AuthConfig {
     pub ip_failures_per_minute: u32,
     /// Password verifications (argon2id, ~64 MiB each) running at once.
     pub max_password_checks: u32,
+    /// How far ahead of the server's clock a write may be dated, seconds. After a restart,
+    /// writes are refused for this long (plus a second), so none that the previous process
+    /// accepted can be replayed.
+    pub max_future_write_secs: u32,
 }
 
 impl Default for AuthConfig {
@@ -222,6 +226,7 @@ impl Default for AuthConfig {
             device_failures_per_minute: 10,
             ip_failures_per_minute: 60,
             max_password_checks: 2,
+            max_future_write_secs: 10,
         }
     }
 }
@@ -296,6 +301,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_DEVICE_FAILURES_PER_MINUTE", "auth.device_failures_per_minute"),
     ("COFFER_IP_FAILURES_PER_MINUTE", "auth.ip_failures_per_minute"),
     ("COFFER_MAX_PASSWORD_CHECKS", "auth.max_password_checks"),
+    ("COFFER_MAX_FUTURE_WRITE_SECS", "auth.max_future_write_secs"),
     ("COFFER_PUBLIC_URL", "public_url"),
 ];
 
@@ -395,6 +401,7 @@ impl Config {
                 "COFFER_DEVICE_FAILURES_PER_MINUTE" => self.auth.device_failures_per_minute = parse(name, &value)?,
                 "COFFER_IP_FAILURES_PER_MINUTE" => self.auth.ip_failures_per_minute = parse(name, &value)?,
                 "COFFER_MAX_PASSWORD_CHECKS" => self.auth.max_password_checks = parse(name, &value)?,
+                "COFFER_MAX_FUTURE_WRITE_SECS" => self.auth.max_future_write_secs = parse(name, &value)?,
                 "COFFER_PUBLIC_URL" => self.public_url = Some(value.trim().to_owned()),
                 _ => {}
             }
@@ -482,6 +489,9 @@ impl Config {
         }
         if !(1..=64).contains(&a.max_password_checks) {
             return invalid("auth.max_password_checks", "must be 1 to 64");
+        }
+        if a.max_future_write_secs > 300 {
+            return invalid("auth.max_future_write_secs", "must be 0 to 300");
         }
         if let Some(url) = &self.public_url {
             let ok = url.starts_with("https://") && url.len() > 8 && !url.chars().any(char::is_whitespace);

@@ -352,16 +352,31 @@ fn canonical_request_with(
     form: PathForm,
     query: QueryForm,
 ) -> Result<Vec<u8>, SigError> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(req.method.as_bytes());
-    out.push(b'\n');
-    out.extend_from_slice(canonical_uri(req.path, form).as_bytes());
-    out.push(b'\n');
-    match query {
-        QueryForm::Canonical => out.extend_from_slice(canonical_query(req.query).as_bytes()),
-        QueryForm::AsSent => out.extend_from_slice(req.query.as_bytes()),
+    let tail = canonical_tail(req, signed_headers, payload_hash)?;
+    let uri = canonical_uri(req.path, form);
+    let query = match query {
+        QueryForm::Canonical => canonical_query(req.query),
+        QueryForm::AsSent => req.query.to_owned(),
+    };
+    let mut out = Vec::with_capacity(req.method.len() + uri.len() + query.len() + tail.len() + 3);
+    for part in [
+        req.method.as_bytes(),
+        b"\n",
+        uri.as_bytes(),
+        b"\n",
+        query.as_bytes(),
+        b"\n",
+        &tail,
+    ] {
+        out.extend_from_slice(part);
     }
-    out.push(b'\n');
+    Ok(out)
+}
+
+/// The canonical request after the query line: the canonical headers, the signed header
+/// list and the payload hash (the same for every path and query form).
+fn canonical_tail(req: &Request<'_>, signed_headers: &[String], payload_hash: &str) -> Result<Vec<u8>, SigError> {
+    let mut out = Vec::with_capacity(512);
     for name in signed_headers {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
@@ -379,10 +394,26 @@ fn canonical_request_with(
         out.push(b'\n');
     }
     out.push(b'\n');
-    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b';');
+        }
+        out.extend_from_slice(name.as_bytes());
+    }
     out.push(b'\n');
     out.extend_from_slice(payload_hash.as_bytes());
     Ok(out)
+}
+
+/// Whether `path` has empty, `.` or `..` segments (a trailing slash aside), i.e. whether
+/// its normalized canonical URI differs from the as-sent one.
+pub fn has_dot_segments(path: &str) -> bool {
+    let inner = path.strip_prefix('/').unwrap_or(path);
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    !inner.is_empty() && inner.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        || path.ends_with("/.")
+        || path.ends_with("/..")
+        || path == "//"
 }
 
 /// The string to sign.
@@ -431,20 +462,37 @@ pub fn verify(
     key: &[u8; 32],
 ) -> Result<(), SigError> {
     let scope = auth.scope();
-    let mut paths = vec![PathForm::Normalized];
-    if canonical_uri(req.path, PathForm::AsSent) != canonical_uri(req.path, PathForm::Normalized) {
-        paths.push(PathForm::AsSent);
+    // The part shared by every form is built once; each form only hashes its own request
+    // line in front of it.
+    let tail = canonical_tail(req, &auth.signed_headers, payload_hash)?;
+    let normalized = canonical_uri(req.path, PathForm::Normalized);
+    let mut uris = vec![normalized];
+    let as_sent = canonical_uri(req.path, PathForm::AsSent);
+    if as_sent != uris[0] {
+        uris.push(as_sent);
     }
-    let mut queries = vec![QueryForm::Canonical];
-    if canonical_query(req.query) != req.query {
-        queries.push(QueryForm::AsSent);
+    let canonical = canonical_query(req.query);
+    let mut queries = vec![canonical.as_str()];
+    if canonical != req.query {
+        queries.push(req.query);
     }
     let mut matched = subtle::Choice::from(0);
-    for &form in &paths {
-        for &query in &queries {
-            let canonical = canonical_request_with(req, &auth.signed_headers, payload_hash, form, query)?;
-            let expected = signature(key, &string_to_sign(amz_date, &scope, &canonical));
-            matched |= expected.ct_eq(&auth.signature);
+    for uri in &uris {
+        for query in &queries {
+            let mut h = Sha256::new();
+            for part in [
+                req.method.as_bytes(),
+                b"\n",
+                uri.as_bytes(),
+                b"\n",
+                query.as_bytes(),
+                b"\n",
+                &tail,
+            ] {
+                h.update(part);
+            }
+            let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex(&h.finalize()));
+            matched |= signature(key, &sts).ct_eq(&auth.signature);
         }
     }
     if bool::from(matched) {
@@ -526,6 +574,33 @@ mod tests {
         assert_eq!(canonical_uri("/./example", PathForm::Normalized), "/example");
         assert_eq!(canonical_uri("/a%3Db", PathForm::Normalized), "/a%253Db");
         assert_eq!(canonical_uri("", PathForm::Normalized), "/");
+    }
+
+    #[test]
+    fn dot_segments_are_what_normalizing_changes() {
+        for path in [
+            "/",
+            "/v1/documents",
+            "/v1/documents/",
+            "/a/b/c",
+            "/a%2F/b",
+            "/v1/documents/x.y",
+            "/.well",
+            "/..x",
+            "//",
+            "//example//",
+            "/a//b",
+            "/./",
+            "/./example",
+            "/a/.",
+            "/a/..",
+            "/example/../x",
+            "/a/./b",
+            "",
+        ] {
+            let differs = canonical_uri(path, PathForm::AsSent) != canonical_uri(path, PathForm::Normalized);
+            assert_eq!(has_dot_segments(path), differs, "{path:?}");
+        }
     }
 
     #[test]

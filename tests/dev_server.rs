@@ -40,6 +40,10 @@ fn coffer_in(dir: &Path) -> Command {
     cmd.env("COFFER_KDF_MEMORY_KIB", "64")
         .env("COFFER_KDF_ITERATIONS", "1")
         .env("COFFER_KDF_PARALLELISM", "1")
+        // Writes may be dated 10 s ahead by default, so a fresh server refuses writes for
+        // its first 10 s (no replay of what an earlier process accepted); the tests sign
+        // with the server's own clock and need not wait.
+        .env("COFFER_MAX_FUTURE_WRITE_SECS", "0")
         .current_dir(dir)
         .stdin(Stdio::null());
     cmd

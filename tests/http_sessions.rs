@@ -281,7 +281,7 @@ fn five_wrong_passwords_lock_the_account_until_unlocked() {
     let server = start_server_with(ServerOptions {
         auth: AuthConfig {
             device_failures_per_minute: 100,
-            ..AuthConfig::default()
+            ..test_options().auth
         },
         ..test_options()
     });

@@ -274,7 +274,7 @@ fn lenient_options() -> ServerOptions {
         auth: AuthConfig {
             device_failures_per_minute: 1000,
             ip_failures_per_minute: 1000,
-            ..AuthConfig::default()
+            ..test_options().auth
         },
         ..test_options()
     }
@@ -521,12 +521,8 @@ fn four_minutes_of_skew_is_accepted() {
         .sign("GET", "/v1/documents", &[], b"")
         .send(&server, &anna);
     assert_status(&res, 200);
-    let res = Aws::of(&anna)
-        .at(ahead)
-        .sign("POST", "/v1/documents", &[("x-coffer-name", "ahead.txt")], b"x")
-        .send(&server, &anna);
-    assert_status(&res, 201);
-    assert_eq!(stored_names(&server, &anna), ["ahead.txt"]);
+    // Writes may be dated only `auth.max_future_write_secs` ahead (tests/http_hardening.rs);
+    // four minutes behind predates this fresh server, so the window is shown with a read.
 }
 
 #[test]
@@ -705,9 +701,10 @@ fn replayed_metadata_patch_is_refused() {
     let server = start_server();
     let anna = member(&server, "anna");
     let id = id_of(&upload(&mut server.connect(&anna), "doc.txt", &[], b"content"));
-    let first = Aws::of(&anna).sign("PATCH", &meta_path(&id), &[], br#"{"title":"one"}"#);
+    let json = [("content-type", "application/json")];
+    let first = Aws::of(&anna).sign("PATCH", &meta_path(&id), &json, br#"{"title":"one"}"#);
     assert_status(&first.send(&server, &anna), 200);
-    let second = Aws::of(&anna).sign("PATCH", &meta_path(&id), &[], br#"{"title":"two"}"#);
+    let second = Aws::of(&anna).sign("PATCH", &meta_path(&id), &json, br#"{"title":"two"}"#);
     assert_status(&second.send(&server, &anna), 200);
     // Replaying the first would set the title back.
     let res = first.send(&server, &anna);
@@ -757,7 +754,7 @@ fn the_same_write_with_different_nonces_is_accepted_twice() {
         let wire = aws.sign(
             "PATCH",
             &meta_path(&id),
-            &[("x-coffer-nonce", nonce)],
+            &[("content-type", "application/json"), ("x-coffer-nonce", nonce)],
             br#"{"title":"t"}"#,
         );
         assert_status(&wire.send(&server, &anna), 200);
@@ -795,7 +792,7 @@ fn failure_budget_stops_a_failing_device_but_not_its_neighbour() {
             // The address's budget is spent too: a device that is not failing is still
             // served from it (devices behind one NAT address).
             ip_failures_per_minute: 3,
-            ..AuthConfig::default()
+            ..test_options().auth
         },
         ..test_options()
     });

@@ -40,9 +40,14 @@ pub struct AuthSettings {
     pub region: String,
     /// Session and lockout rules.
     pub policy: SessionPolicy,
-    /// Requests signed before this Unix second are refused (the first whole second after
-    /// the server started, so no request accepted by an earlier process can be replayed).
+    /// Requests signed before this Unix second are refused: the first whole second after
+    /// the server started. Writes must also be dated at least `max_future_write_secs`
+    /// later, so that no write an earlier process accepted (dated at most that far ahead
+    /// of its clock) can be replayed.
     pub not_before: i64,
+    /// How far ahead of the server's clock a write may be dated (small: see `not_before`;
+    /// a client whose clock runs ahead corrects it from the refusal's `server_time`).
+    pub max_future_write_secs: i64,
 }
 
 /// Connection data: the SHA-256 thumbprint of the client's leaf certificate, if any.
@@ -244,7 +249,6 @@ pub struct PendingSignature {
     headers: Vec<(String, Vec<u8>)>,
     auth: Authorization,
     amz_date: String,
-    date_secs: i64,
     key: Zeroizing<[u8; 32]>,
     device: DeviceId,
 }
@@ -283,6 +287,8 @@ impl BodyCheck {
                 };
                 let hash = sigv4::hex(sha256);
                 if sigv4::verify(&request, &p.auth, &p.amz_date, &hash, &p.key).is_err() {
+                    // Reserved when the request began, but never valid: release it.
+                    state.replay.release(&p.auth.signature);
                     return Err(refuse_at(
                         state,
                         origin,
@@ -291,7 +297,8 @@ impl BodyCheck {
                         "signature mismatch (streamed body)",
                     ));
                 }
-                claim(state, origin, p.device, p.auth.signature, p.date_secs)
+                // Its signature was reserved against replays when the request began.
+                Ok(())
             }
         }
     }
@@ -316,7 +323,10 @@ fn mismatch() -> Problem {
 
 fn claim(state: &State, origin: &Origin, device: DeviceId, signature: [u8; 32], date_secs: i64) -> Result<(), Problem> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    match state.replay.claim(signature, date_secs + MAX_SKEW_SECS + 1, now) {
+    match state
+        .replay
+        .claim(device, signature, date_secs + MAX_SKEW_SECS + 1, now)
+    {
         Ok(()) => Ok(()),
         Err(ReplayError::Replayed) => Err(refuse_at(
             state,
@@ -332,6 +342,14 @@ fn claim(state: &State, origin: &Origin, device: DeviceId, signature: [u8; 32], 
             },
             "replayed signature",
         )),
+        Err(ReplayError::DeviceFull) => Err(Problem {
+            retry_after: Some(60),
+            close: true,
+            ..Problem::detail(
+                Reason::TooManyWrites,
+                "too many writes from this device recently; retry in a minute",
+            )
+        }),
         Err(ReplayError::Full) => Err(Problem {
             retry_after: Some(60),
             close: true,
@@ -396,22 +414,29 @@ impl Identified {
         body: Option<Body<'_>>,
         need_session: bool,
     ) -> Result<(Caller, BodyCheck), Problem> {
+        self.verify_full(req, body, need_session, true)
+    }
+
+    /// Signature and session; for a write whose route exists (`claim_writes`), the
+    /// signature is then recorded against replays (after the session check, so a request
+    /// refused for its session or routed nowhere spends no room in the replay table).
+    fn verify_full(
+        self,
+        req: &HttpRequest,
+        body: Option<Body<'_>>,
+        need_session: bool,
+        claim_writes: bool,
+    ) -> Result<(Caller, BodyCheck), Problem> {
         let state = state(req)?;
         let settings = &state.auth;
         let id = self.device.id;
-        let check = if settings.signatures {
+        let (check, write) = if settings.signatures {
             match self.check_signature(state, req, body) {
-                Ok((check, None)) => check,
-                // A write: its signature must not have been accepted before (`claim` logs
-                // and counts a replay itself).
-                Ok((check, Some((signature, date_secs)))) => {
-                    claim(state, &Origin::of(req), id, signature, date_secs)?;
-                    check
-                }
+                Ok(c) => c,
                 Err((problem, why)) => return Err(refuse(state, req, Some(id), problem, &why)),
             }
         } else {
-            BodyCheck::None
+            (BodyCheck::None, None)
         };
         let session = if need_session && settings.sessions && self.user.body.role != Role::Integration {
             match self.check_session(state, req) {
@@ -421,6 +446,12 @@ impl Identified {
         } else {
             None
         };
+        // A write: its signature must not have been accepted before (`claim` logs and
+        // counts a replay itself). A streamed body's signature is reserved now, before the
+        // body is read, so a copy cannot slip in while the first is still arriving.
+        if let (Some((signature, date_secs)), true) = (write, claim_writes) {
+            claim(state, &Origin::of(req), id, signature, date_secs)?;
+        }
         Ok((
             Caller {
                 device: self.device,
@@ -531,9 +562,12 @@ impl Identified {
         // A path with empty, `.` or `..` segments has two canonical forms (normalized or
         // as sent) that a signer may have used; the API has no such paths, so refuse them
         // rather than accept a signature that does not cover every byte of the path.
-        if sigv4::canonical_uri(request.path, sigv4::PathForm::AsSent)
-            != sigv4::canonical_uri(request.path, sigv4::PathForm::Normalized)
-        {
+        if request.query.contains('+') {
+            // Form decoding reads `+` as a space, SigV4 as a plus: two meanings, one
+            // signature.
+            return Err(invalid("encode '+' in the query as %2B (and spaces as %20)".into()));
+        }
+        if sigv4::has_dot_segments(request.path) {
             return Err(invalid("the path must not contain empty, '.' or '..' segments".into()));
         }
         for required in ["host", "x-amz-date"] {
@@ -541,11 +575,30 @@ impl Identified {
                 return Err(invalid(format!("the {required} header must be signed")));
             }
         }
-        for (name, _) in req.headers() {
+        for (name, value) in req.headers() {
             let n = name.as_str();
             let must = n.starts_with("x-amz-") || n.starts_with("x-coffer-");
             if must && !auth.signs(n) {
                 return Err(invalid(format!("the {n} header must be signed")));
+            }
+            // The canonical form folds runs of whitespace, so a value with one would
+            // share its signature with a different value: such values must be
+            // percent-encoded.
+            let bytes = value.as_bytes();
+            let loose = bytes.first().is_some_and(|b| b.is_ascii_whitespace())
+                || bytes.last().is_some_and(|b| b.is_ascii_whitespace())
+                || bytes
+                    .windows(2)
+                    .any(|w| w[0].is_ascii_whitespace() && w[1].is_ascii_whitespace())
+                || bytes.contains(&b'\t');
+            if n.starts_with("x-coffer-") && loose {
+                return Err((
+                    Problem::detail(
+                        Reason::InvalidRequest,
+                        format!("{n}: percent-encode tabs and repeated, leading or trailing spaces (%20)"),
+                    ),
+                    "whitespace in a signed value".into(),
+                ));
             }
         }
         let now = time::OffsetDateTime::now_utc();
@@ -566,7 +619,26 @@ impl Identified {
                 "clock skew".into(),
             ));
         }
-        if date_secs < settings.not_before {
+        let write = is_write(req.method());
+        let ahead = settings.max_future_write_secs;
+        if write && date_secs - now.unix_timestamp() > ahead {
+            let server_time = sigv4::amz_date(now);
+            return Err((
+                Problem {
+                    server_time: Some(server_time.clone()),
+                    ..Problem::detail(
+                        Reason::RequestTimeSkewed,
+                        format!(
+                            "x-amz-date {amz_date} is ahead of the server's time {server_time}; writes may be dated at \
+                             most {ahead} s ahead: correct the clock offset and sign again"
+                        ),
+                    )
+                },
+                "write dated in the future".into(),
+            ));
+        }
+        let not_before = settings.not_before + if write { ahead } else { 0 };
+        if date_secs < not_before {
             return Err((
                 Problem::detail(
                     Reason::SignedBeforeStart,
@@ -609,8 +681,8 @@ impl Identified {
                 return Err((payload_mismatch(), "payload hash mismatch".into()));
             }
         }
-        let key = sigv4::signing_key(secret.expose(), &auth.date, &auth.region, &auth.service);
-        let write = is_write(req.method());
+        let key = state.signing_key(self.device.id, secret, &auth.date, &auth.region);
+        let signature = auth.signature;
         let check = match payload {
             PayloadHash::Later => {
                 // Verified (and claimed against replays) once the body's hash is known.
@@ -626,11 +698,10 @@ impl Identified {
                             .collect(),
                         auth,
                         amz_date: amz_date.to_owned(),
-                        date_secs,
                         key,
                         device: self.device.id,
                     })),
-                    None,
+                    write.then_some((signature, date_secs)),
                 ));
             }
             PayloadHash::Known(hash) => {
@@ -646,8 +717,7 @@ impl Identified {
                 }
             }
         };
-        let claim = write.then_some((auth.signature, date_secs));
-        Ok((check, claim))
+        Ok((check, write.then_some((signature, date_secs))))
     }
 }
 
@@ -660,6 +730,24 @@ fn sig_error(e: SigError, invalid: &dyn Fn(String) -> (Problem, String)) -> (Pro
 
 /// A device that signed its request; no session required (login, logout).
 pub struct SignedDevice(pub Caller);
+
+/// A fully authenticated caller for answers that change nothing (unknown paths and
+/// methods): its write signature is not recorded, so such requests cannot fill the
+/// replay table.
+pub struct Knocking(pub Caller);
+
+impl FromRequest for Knocking {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(
+            identify(req)
+                .and_then(|who| who.verify_full(req, Some(Body::Ignored), true, false))
+                .map(|(c, _)| Knocking(c)),
+        )
+    }
+}
 
 /// Device, signature and session (documents and everything else).
 impl FromRequest for Caller {

@@ -55,6 +55,8 @@ pub enum Reason {
     AccountLocked,
     /// Too many failed authentications from this device or address.
     TooManyAuthFailures,
+    /// Too many writes (or logins) from this device recently.
+    TooManyWrites,
     /// The caller's role may not use this endpoint.
     RoleNotPermitted,
     /// The caller may see the object but not change it.
@@ -101,7 +103,7 @@ impl Reason {
             | Self::TotpRequired => StatusCode::UNAUTHORIZED,
             Self::Replayed => StatusCode::CONFLICT,
             Self::PayloadHashMismatch => StatusCode::BAD_REQUEST,
-            Self::AccountLocked | Self::TooManyAuthFailures => StatusCode::TOO_MANY_REQUESTS,
+            Self::AccountLocked | Self::TooManyAuthFailures | Self::TooManyWrites => StatusCode::TOO_MANY_REQUESTS,
             Self::UserDisabled | Self::RoleNotPermitted | Self::NotPermitted => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -137,6 +139,7 @@ impl Reason {
             Self::TotpRequired => "totp-required",
             Self::AccountLocked => "account-locked",
             Self::TooManyAuthFailures => "too-many-auth-failures",
+            Self::TooManyWrites => "too-many-writes",
             Self::RoleNotPermitted => "role-not-permitted",
             Self::NotPermitted => "not-permitted",
             Self::NotFound => "not-found",
@@ -203,6 +206,7 @@ impl Reason {
             Self::TotpRequired => "A one-time code is required",
             Self::AccountLocked => "The account is locked",
             Self::TooManyAuthFailures => "Too many failed authentications",
+            Self::TooManyWrites => "Too many writes from this device",
             Self::RoleNotPermitted => "This role may not use this endpoint",
             Self::NotPermitted => "Not permitted",
             Self::NotFound => "Not found",

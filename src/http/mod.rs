@@ -50,6 +50,48 @@ pub struct State {
     pub replay: replay::ReplayGuard,
     /// Bounds the password verifications (argon2id) in flight.
     pub password_checks: Arc<tokio::sync::Semaphore>,
+    /// Login attempts per device: one at a time, and a budget per minute.
+    pub logins: ratelimit::LoginGate,
+    /// Derived SigV4 signing keys per device and day (AWS SDKs cache them the same way).
+    signing_keys: std::sync::Mutex<SigningKeys>,
+}
+
+/// (device, scope date) → (SHA-256 of the secret it was derived from, signing key).
+type SigningKeys =
+    std::collections::HashMap<(crate::model::DeviceId, String), ([u8; 32], zeroize::Zeroizing<[u8; 32]>)>;
+
+/// Entries of the signing-key cache before it is emptied (a few per device).
+const SIGNING_KEYS_MAX: usize = 4096;
+
+impl State {
+    /// The SigV4 signing key of `secret` for `date` (`YYYYMMDD`) and `region`, derived once
+    /// per device and day. A changed secret (the entry remembers which one it came from)
+    /// is derived afresh.
+    pub fn signing_key(
+        &self,
+        device: crate::model::DeviceId,
+        secret: &crate::secret::SecretString,
+        date: &str,
+        region: &str,
+    ) -> zeroize::Zeroizing<[u8; 32]> {
+        use sha2::Digest;
+        let fingerprint: [u8; 32] = sha2::Sha256::digest(secret.expose().as_bytes()).into();
+        let mut cache = self
+            .signing_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((fp, key)) = cache.get(&(device, date.to_owned()))
+            && *fp == fingerprint
+        {
+            return key.clone();
+        }
+        let key = crate::sigv4::signing_key(secret.expose(), date, region, auth::SERVICE);
+        if cache.len() >= SIGNING_KEYS_MAX {
+            cache.clear();
+        }
+        cache.insert((device, date.to_owned()), (fingerprint, key.clone()));
+        key
+    }
 }
 
 /// The server could not start.
@@ -94,7 +136,8 @@ impl RunningServer {
         self.addr
     }
 
-    /// The first Unix second whose signatures the server accepts.
+    /// The first Unix second whose signatures the server accepts (for writes, add
+    /// `auth.max_future_write_secs`).
     pub fn signatures_from(&self) -> i64 {
         self.not_before
     }
@@ -150,10 +193,13 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             // The first whole second after the start: a request signed in the second the
             // server started could have been accepted by the process before it.
             not_before: time::OffsetDateTime::now_utc().unix_timestamp() + 1,
+            max_future_write_secs: i64::from(a.max_future_write_secs),
         },
         limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
         replay: replay::ReplayGuard::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
+        logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
+        signing_keys: std::sync::Mutex::new(SigningKeys::new()),
         options: options.clone(),
     });
     let not_before = state.auth.not_before;

@@ -117,7 +117,9 @@ impl AuthLimiter {
             if tokens < 1.0 {
                 return Err(devices.wait_secs(&d, now));
             }
-            device_failing = tokens < devices.per_minute;
+            // Failing: three or more failures not yet refilled. One routine failure (a
+            // session that ended while the phone slept) does not count.
+            device_failing = tokens < devices.per_minute - 2.5;
         }
         if let Some(ip) = ip.map(ip_key)
             && device_failing
@@ -148,6 +150,62 @@ impl AuthLimiter {
     }
 }
 
+/// Login attempts one device may start per minute, successful or not (each costs an
+/// argon2id verification).
+pub const LOGINS_PER_DEVICE_PER_MINUTE: u32 = 10;
+
+/// Logins: at most one in flight per device (a device cannot queue many argon2id
+/// verifications and starve the others of the shared slots), and a per-minute budget of
+/// attempts, successes included.
+#[derive(Debug)]
+pub struct LoginGate {
+    budget: Mutex<Buckets<DeviceId>>,
+    in_flight: Mutex<std::collections::HashSet<DeviceId>>,
+}
+
+/// A login in progress; its device may start another once it is dropped.
+#[derive(Debug)]
+pub struct LoginTicket<'g> {
+    gate: &'g LoginGate,
+    device: DeviceId,
+}
+
+impl Drop for LoginTicket<'_> {
+    fn drop(&mut self) {
+        self.gate
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.device);
+    }
+}
+
+impl LoginGate {
+    /// `per_minute` attempts per device.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            budget: Mutex::new(Buckets::new(per_minute)),
+            in_flight: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Starts a login of `device`, or `Err(seconds to wait)`.
+    pub fn begin(&self, device: DeviceId) -> Result<LoginTicket<'_>, u64> {
+        let now = Instant::now();
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if in_flight.contains(&device) {
+            return Err(1);
+        }
+        let mut budget = self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if budget.tokens(&device, now) < 1.0 {
+            return Err(budget.wait_secs(&device, now));
+        }
+        budget.spend(device, now);
+        in_flight.insert(device);
+        Ok(LoginTicket { gate: self, device })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +233,36 @@ mod tests {
             l.check(Some(good), Some(ip)).is_ok(),
             "a device without failures behind the same NAT"
         );
+    }
+
+    #[test]
+    fn one_routine_failure_is_not_failing_behind_a_spent_address() {
+        let l = AuthLimiter::new(10, 2);
+        let ip: IpAddr = "198.51.100.1".parse().unwrap();
+        l.fail(None, Some(ip));
+        l.fail(None, Some(ip));
+        assert!(l.check(None, Some(ip)).is_err());
+        let d = DeviceId(3);
+        l.fail(Some(d), Some(ip));
+        assert!(l.check(Some(d), Some(ip)).is_ok(), "one failure locked a device out");
+        l.fail(Some(d), Some(ip));
+        l.fail(Some(d), Some(ip));
+        assert!(
+            l.check(Some(d), Some(ip)).is_err(),
+            "a failing device behind a spent address"
+        );
+    }
+
+    #[test]
+    fn logins_are_one_at_a_time_and_budgeted_per_device() {
+        let g = LoginGate::new(3);
+        let t = g.begin(DeviceId(1)).unwrap();
+        assert!(g.begin(DeviceId(1)).is_err(), "a second login in flight");
+        assert!(g.begin(DeviceId(2)).is_ok(), "another device");
+        drop(t);
+        drop(g.begin(DeviceId(1)).unwrap());
+        drop(g.begin(DeviceId(1)).unwrap());
+        assert!(g.begin(DeviceId(1)).is_err(), "over the budget");
     }
 
     #[test]

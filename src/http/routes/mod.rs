@@ -7,7 +7,7 @@ use actix_web::error::JsonPayloadError;
 use actix_web::{HttpResponse, web};
 
 use super::State;
-use super::auth::{Caller, SignedDevice};
+use super::auth::Knocking;
 use super::error::{Problem, Reason};
 
 /// Registers every route of the API.
@@ -33,37 +33,37 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/session")
             .route(web::post().to(session::login))
             .route(web::delete().to(session::logout))
-            .default_service(web::to(|c: SignedDevice| method_not_allowed(c.0, "POST, DELETE"))),
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "POST, DELETE"))),
     )
     .service(
         web::resource("/v1/documents")
             .route(web::post().to(documents::upload))
             .route(web::get().to(documents::list))
-            .default_service(web::to(|c: Caller| method_not_allowed(c, "GET, POST"))),
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET, POST"))),
     )
     .service(
         web::resource("/v1/documents/{id}")
             .route(web::get().to(documents::download))
             .route(web::head().to(documents::download))
             .route(web::delete().to(documents::delete))
-            .default_service(web::to(|c: Caller| method_not_allowed(c, "GET, HEAD, DELETE"))),
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET, HEAD, DELETE"))),
     )
     .service(
         web::resource("/v1/documents/{id}/meta")
             .route(web::get().to(documents::meta))
             .route(web::patch().to(documents::patch_meta))
-            .default_service(web::to(|c: Caller| method_not_allowed(c, "GET, PATCH"))),
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET, PATCH"))),
     )
     .default_service(web::to(not_found));
 }
 
 /// Unknown paths and methods authenticate first too: a revoked or unknown device gets its
 /// `401` (and a closed connection) wherever it knocks.
-async fn not_found(_: Caller) -> Result<HttpResponse, Problem> {
+async fn not_found(_: Knocking) -> Result<HttpResponse, Problem> {
     Err(Problem::new(Reason::NotFound))
 }
 
-async fn method_not_allowed(_: Caller, allow: &'static str) -> Result<HttpResponse, Problem> {
+async fn method_not_allowed(_: super::auth::Caller, allow: &'static str) -> Result<HttpResponse, Problem> {
     Err(Problem {
         allow: Some(allow),
         ..Problem::new(Reason::MethodNotAllowed)

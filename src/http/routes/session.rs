@@ -58,6 +58,20 @@ pub async fn login(
         totp,
     } = login;
     let password = Passphrase::new(password);
+    // One login at a time per device, and a budget of attempts (successes included): a
+    // device cannot keep the shared password-check slots busy.
+    let _ticket = match state.logins.begin(caller.device.id) {
+        Ok(t) => t,
+        Err(wait) => {
+            return Err(Problem {
+                retry_after: Some(wait),
+                ..Problem::detail(
+                    Reason::TooManyWrites,
+                    format!("too many logins from this device; retry in {wait} s"),
+                )
+            });
+        }
+    };
     let Ok(permit) = tokio::time::timeout(PASSWORD_CHECK_WAIT, state.password_checks.clone().acquire_owned()).await
     else {
         return Err(Problem {
