@@ -186,8 +186,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-/// The parts of a request a signature covers.
-#[derive(Debug, Clone)]
+/// The parts of a request a signature covers. Its `Debug` shows header names only (values
+/// may be a session token or a signature).
+#[derive(Clone)]
 pub struct Request<'a> {
     /// Method, upper case as sent.
     pub method: &'a str,
@@ -197,6 +198,17 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// Every header as sent (any case; repeated names allowed, in order).
     pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("headers", &self.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Request<'_> {
