@@ -524,6 +524,9 @@ pub struct Credentials<'a> {
     pub region: &'a str,
     /// Service.
     pub service: &'a str,
+    /// The signing key already derived for a date (`YYYYMMDD`), if the caller caches it
+    /// (used when the request's date matches).
+    pub key: Option<(String, Zeroizing<[u8; 32]>)>,
 }
 
 /// The `x-amz-date` form of a time: `YYYYMMDDTHHMMSSZ`.
@@ -564,7 +567,10 @@ pub fn authorization(
         .ok_or(SigError::Malformed("x-amz-date is too short"))?;
     let scope = format!("{date}/{}/{}/{TERMINATOR}", creds.region, creds.service);
     let canonical = canonical_request(req, signed_headers, payload_hash, PathForm::Normalized)?;
-    let key = signing_key(creds.secret, date, creds.region, creds.service);
+    let key = match &creds.key {
+        Some((d, k)) if d == date => k.clone(),
+        _ => signing_key(creds.secret, date, creds.region, creds.service),
+    };
     let sig = signature(&key, &string_to_sign(amz_date, &scope, &canonical));
     Ok(format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={}",
@@ -653,6 +659,7 @@ mod tests {
             secret: "secret",
             region: "local",
             service: "coffer",
+            key: None,
         };
         let headers = vec![("Host", &b"localhost"[..]), ("X-Amz-Date", &b"20261129T080000Z"[..])];
         let req = Request {

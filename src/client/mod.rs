@@ -250,6 +250,7 @@ impl Client {
             secret: self.profile.secret_access_key.expose(),
             region: &self.profile.region,
             service: &self.profile.service,
+            key: None,
         };
         let auth = sigv4::authorization(&req, &creds, &date, &names, payload_sha256)
             .map_err(|e| ClientError::Credentials(e.to_string()))?;

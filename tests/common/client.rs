@@ -174,11 +174,28 @@ impl Signer {
             query,
             headers: all.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
         };
+        // The signing key is derived once per secret and day (as SDK signers cache it).
+        thread_local! {
+            static KEY: std::cell::RefCell<Option<(String, String, [u8; 32])>> = const { std::cell::RefCell::new(None) };
+        }
+        let day = date[..8].to_owned();
+        let cached = KEY.with(|k| {
+            k.borrow()
+                .as_ref()
+                .filter(|(secret, d, _)| *secret == self.secret && *d == day)
+                .map(|(_, _, key)| *key)
+        });
+        let key = cached.unwrap_or_else(|| {
+            let key = *coffer::sigv4::signing_key(&self.secret, &day, &self.region, "coffer");
+            KEY.with(|k| *k.borrow_mut() = Some((self.secret.clone(), day.clone(), key)));
+            key
+        });
         let creds = coffer::sigv4::Credentials {
             access_key: &self.access_key,
             secret: &self.secret,
             region: &self.region,
             service: "coffer",
+            key: Some((day, zeroize::Zeroizing::new(key))),
         };
         let auth = coffer::sigv4::authorization(&req, &creds, &date, &names, payload_sha256).expect("sign");
         added.push(("authorization".to_owned(), auth));
