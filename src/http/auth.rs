@@ -430,8 +430,10 @@ impl Identified {
         let state = state(req)?;
         let settings = &state.auth;
         let id = self.device.id;
+        // One view of the request for the signature and the session.
+        let request = sig_request(req);
         let (check, write) = if settings.signatures {
-            match self.check_signature(state, req, body) {
+            match self.check_signature(state, req, &request, body) {
                 Ok(c) => c,
                 Err((problem, why)) => return Err(refuse(state, req, Some(id), problem, &why)),
             }
@@ -439,7 +441,7 @@ impl Identified {
             (BodyCheck::None, None)
         };
         let session = if need_session && settings.sessions && self.user.body.role != Role::Integration {
-            match self.check_session(state, req) {
+            match self.check_session(state, &request) {
                 Ok(s) => Some(s),
                 Err((problem, why)) => return Err(refuse(state, req, Some(id), problem, why)),
             }
@@ -463,8 +465,11 @@ impl Identified {
     }
 
     #[allow(clippy::result_large_err)]
-    fn check_session(&self, state: &State, req: &HttpRequest) -> Result<ValidSession, (Problem, &'static str)> {
-        let request = sig_request(req);
+    fn check_session(
+        &self,
+        state: &State,
+        request: &sigv4::Request<'_>,
+    ) -> Result<ValidSession, (Problem, &'static str)> {
         let token = match request.single(TOKEN_HEADER) {
             Ok(Some(t)) => t,
             Ok(None) => {
@@ -489,7 +494,7 @@ impl Identified {
             .check_session(token, self.device.id, self.user.id, &state.auth.policy, now)
         {
             Ok(Ok(valid)) => {
-                if valid.needs_touch {
+                if valid.needs_touch && state.first_touch(valid.token_hash, now) {
                     let vault = state.vault.clone();
                     let hash = valid.token_hash;
                     // Off the worker thread: a write transaction may wait for another commit.
@@ -515,10 +520,10 @@ impl Identified {
         &self,
         state: &State,
         req: &HttpRequest,
+        request: &sigv4::Request<'_>,
         body: Option<Body<'_>>,
     ) -> Result<(BodyCheck, Option<WriteClaim>), (Problem, String)> {
         let settings = &state.auth;
-        let request = sig_request(req);
         let invalid = |detail: String| (Problem::detail(Reason::SignatureInvalid, detail.clone()), detail);
         let value = match request.single("authorization") {
             Ok(Some(v)) => v,
@@ -550,7 +555,7 @@ impl Identified {
                 auth.date, settings.region
             )));
         }
-        if auth.access_key != self.device.id.to_string() {
+        if auth.access_key.parse::<DeviceId>().ok() != Some(self.device.id) {
             return Err((
                 Problem::detail(
                     Reason::AccessKeyMismatch,

@@ -54,6 +54,9 @@ pub struct State {
     pub logins: ratelimit::LoginGate,
     /// Derived SigV4 signing keys per device and day (AWS SDKs cache them the same way).
     signing_keys: std::sync::Mutex<SigningKeys>,
+    /// When each session's last use was last sent to the database (ms), so that the
+    /// requests arriving before that write lands do not each start another.
+    session_touches: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
 
 /// (device, scope date) → (SHA-256 of the secret it was derived from, signing key).
@@ -64,6 +67,24 @@ type SigningKeys =
 const SIGNING_KEYS_MAX: usize = 4096;
 
 impl State {
+    /// Whether this request should record its session's use: the first one to ask within
+    /// [`crate::app::sessions::TOUCH_EVERY_MS`].
+    pub fn first_touch(&self, token_hash: [u8; 32], now: crate::model::Timestamp) -> bool {
+        let every = crate::app::sessions::TOUCH_EVERY_MS;
+        let mut touches = self
+            .session_touches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if touches.get(&token_hash).is_some_and(|&t| now.0 - t < every) {
+            return false;
+        }
+        if touches.len() >= 10_000 {
+            touches.retain(|_, t| now.0 - *t < every);
+        }
+        touches.insert(token_hash, now.0);
+        true
+    }
+
     /// The SigV4 signing key of `secret` for `date` (`YYYYMMDD`) and `region`, derived once
     /// per device and day. A changed secret (the entry remembers which one it came from)
     /// is derived afresh.
@@ -200,6 +221,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
         logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
         signing_keys: std::sync::Mutex::new(SigningKeys::new()),
+        session_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
         options: options.clone(),
     });
     let not_before = state.auth.not_before;
