@@ -185,25 +185,17 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
             "unknown certificate",
         ));
     };
-    if device.body.revoked {
+    let inactive = if device.body.revoked {
+        Some((Reason::DeviceRevoked, "revoked device"))
+    } else if device.expires <= Timestamp::now() {
+        Some((Reason::DeviceExpired, "expired device"))
+    } else {
+        None
+    };
+    if let Some((reason, why)) = inactive {
         limited(None)?;
-        return Err(refuse(
-            state,
-            req,
-            None,
-            Problem::detail(Reason::DeviceRevoked, "enrol the device again"),
-            "revoked device",
-        ));
-    }
-    if device.expires <= Timestamp::now() {
-        limited(None)?;
-        return Err(refuse(
-            state,
-            req,
-            None,
-            Problem::detail(Reason::DeviceExpired, "enrol the device again"),
-            "expired device",
-        ));
+        let problem = Problem::detail(reason, "enrol the device again");
+        return Err(refuse(state, req, None, problem, why));
     }
     limited(Some(device.id))?;
     let user = match state.vault.user(device.owner) {
