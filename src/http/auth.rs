@@ -702,11 +702,11 @@ impl Identified {
                 ));
             }
             PayloadHash::Known(hash) => {
-                sigv4::verify(&request, &auth, amz_date, &hash, &key).map_err(|e| sig_error(e, &invalid))?;
+                sigv4::verify(request, &auth, amz_date, &hash, &key).map_err(|e| sig_error(e, &invalid))?;
                 BodyCheck::None
             }
             PayloadHash::Declared(hash, bytes) => {
-                sigv4::verify(&request, &auth, amz_date, hash, &key).map_err(|e| sig_error(e, &invalid))?;
+                sigv4::verify(request, &auth, amz_date, hash, &key).map_err(|e| sig_error(e, &invalid))?;
                 if body.is_none() {
                     BodyCheck::Expect(bytes)
                 } else {
