@@ -697,3 +697,38 @@ fn config_check_applies_the_global_flags_too() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cache_mib"));
 }
+
+#[test]
+fn serve_names_devices_whose_certificates_expire_within_thirty_days() {
+    let dirs = initialised_with_alice();
+    let root = dirs.root.path();
+    let p12 = write_file(root, "p12.txt", "a long enough password\n");
+    let mut issue = |dir: &str, days: &str| {
+        let out = root.join(dir);
+        let res = coffer(&dirs)
+            .env("COFFER_DEVICE_CERT_DAYS", days)
+            .args(["device", "issue", "--user", "alice", "--out"])
+            .arg(&out)
+            .arg("--p12-password-file")
+            .arg(&p12)
+            .output()
+            .unwrap();
+        assert!(res.status.success(), "{}", text(&res.stderr));
+        coffer::client::Profile::load(&out.join("profile.toml"))
+            .unwrap()
+            .access_key_id
+    };
+    let soon = issue("soon", "10");
+    let later = issue("later", "365");
+    let mut cmd = coffer(&dirs);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    let mut server = Running::spawn(cmd);
+    server.listening_on("coffer serve");
+    let stderr = server.kill();
+    assert!(
+        stderr.contains(&format!("device {soon} expires in 9 day(s)"))
+            || stderr.contains(&format!("device {soon} expires in 10 day(s)")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&later), "{stderr}");
+}

@@ -117,6 +117,30 @@ fn this_exe() -> PathBuf {
     }
 }
 
+/// Devices whose certificates expire within this many days are named at start.
+const DEVICE_EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// Warns about active devices whose certificates expire soon, so they can be re-issued
+/// before their owners are locked out.
+fn warn_expiring_devices(vault: &crate::app::Vault) {
+    let now = crate::model::Timestamp::now();
+    let soon = now.0.saturating_add(DEVICE_EXPIRY_WARNING_DAYS * 86_400_000);
+    match vault.devices() {
+        Ok(devices) => {
+            for d in devices {
+                if !d.body.revoked && d.expires > now && d.expires.0 <= soon {
+                    let days = (d.expires.0 - now.0) / 86_400_000;
+                    eprintln!(
+                        "warning: the certificate of device {} expires in {days} day(s): issue the device again",
+                        d.id
+                    );
+                }
+            }
+        }
+        Err(e) => eprintln!("warning: cannot list devices to check their expiry: {e}"),
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit: every connection is a
 /// descriptor, and the usual soft limit (1024) is below what `max_connections` allows.
 fn raise_open_files(max_connections: u32) {
@@ -190,6 +214,7 @@ impl ServeCmd {
         if days_left < 14 {
             eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
         }
+        warn_expiring_devices(&vault);
         let options = ServerOptions {
             listen,
             tls_min: ctx.config.tls.min_version,
