@@ -703,7 +703,7 @@ fn serve_names_devices_whose_certificates_expire_within_thirty_days() {
     let dirs = initialised_with_alice();
     let root = dirs.root.path();
     let p12 = write_file(root, "p12.txt", "a long enough password\n");
-    let mut issue = |dir: &str, days: &str| {
+    let issue = |dir: &str, days: &str| {
         let out = root.join(dir);
         let res = coffer(&dirs)
             .env("COFFER_DEVICE_CERT_DAYS", days)
