@@ -371,18 +371,23 @@ fn canonical_request_with(
         QueryForm::AsSent => req.query.to_owned(),
     };
     let mut out = Vec::with_capacity(req.method.len() + uri.len() + query.len() + tail.len() + 3);
-    for part in [
-        req.method.as_bytes(),
+    for part in request_parts(req.method, &uri, &query, &tail) {
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
+/// The pieces of a canonical request in order: its request lines and the shared tail.
+fn request_parts<'p>(method: &'p str, uri: &'p str, query: &'p str, tail: &'p [u8]) -> [&'p [u8]; 7] {
+    [
+        method.as_bytes(),
         b"\n",
         uri.as_bytes(),
         b"\n",
         query.as_bytes(),
         b"\n",
-        &tail,
-    ] {
-        out.extend_from_slice(part);
-    }
-    Ok(out)
+        tail,
+    ]
 }
 
 /// The canonical request after the query line: the canonical headers, the signed header
@@ -492,15 +497,7 @@ pub fn verify(
     for uri in &uris {
         for query in &queries {
             let mut h = Sha256::new();
-            for part in [
-                req.method.as_bytes(),
-                b"\n",
-                uri.as_bytes(),
-                b"\n",
-                query.as_bytes(),
-                b"\n",
-                &tail,
-            ] {
+            for part in request_parts(req.method, uri, query, &tail) {
                 h.update(part);
             }
             let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex(&h.finalize()));

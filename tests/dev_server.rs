@@ -26,26 +26,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// choose a configuration, directories or a passphrase, and cheap argon2id.
 fn coffer_in(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer"));
-    for (name, _) in coffer::config::ENV_KEYS {
-        cmd.env_remove(name);
-    }
-    for name in [
-        coffer::config::CONFIG_ENV,
-        "COFFER_PASSPHRASE",
-        "COFFER_PASSPHRASE_FILE",
-        "CREDENTIALS_DIRECTORY",
-    ] {
-        cmd.env_remove(name);
-    }
-    cmd.env("COFFER_KDF_MEMORY_KIB", "64")
-        .env("COFFER_KDF_ITERATIONS", "1")
-        .env("COFFER_KDF_PARALLELISM", "1")
-        // Writes may be dated 10 s ahead by default, so a fresh server refuses writes for
-        // its first 10 s (no replay of what an earlier process accepted); the tests sign
-        // with the server's own clock and need not wait.
-        .env("COFFER_MAX_FUTURE_WRITE_SECS", "0")
-        .current_dir(dir)
-        .stdin(Stdio::null());
+    isolate(&mut cmd, dir);
+    // Writes may be dated 10 s ahead by default, so a fresh server refuses writes for its
+    // first 10 s (no replay of what an earlier process accepted); the tests sign with the
+    // server's own clock and need not wait.
+    cmd.envs(CHEAP_KDF_ENV).env("COFFER_MAX_FUTURE_WRITE_SECS", "0");
     cmd
 }
 

@@ -600,38 +600,29 @@ impl Identified {
         }
         let now = time::OffsetDateTime::now_utc();
         let date_secs = date.unix_timestamp();
-        if (now.unix_timestamp() - date_secs).abs() > MAX_SKEW_SECS {
+        // The refusal carries the server's time, so the client can correct its offset.
+        let skewed = |rule: String, why: &str| {
             let server_time = sigv4::amz_date(now);
-            return Err((
+            let detail = format!(
+                "x-amz-date {amz_date} is {rule} the server's time {server_time}; correct the clock offset and sign again"
+            );
+            (
                 Problem {
-                    server_time: Some(server_time.clone()),
-                    ..Problem::detail(
-                        Reason::RequestTimeSkewed,
-                        format!(
-                            "x-amz-date {amz_date} is more than 5 minutes from the server's time {server_time}; \
-                             correct the clock offset and sign again"
-                        ),
-                    )
+                    server_time: Some(server_time),
+                    ..Problem::detail(Reason::RequestTimeSkewed, detail)
                 },
-                "clock skew".into(),
-            ));
+                why.to_owned(),
+            )
+        };
+        if (now.unix_timestamp() - date_secs).abs() > MAX_SKEW_SECS {
+            return Err(skewed("more than 5 minutes from".into(), "clock skew"));
         }
         let write = is_write(req.method());
         let ahead = settings.max_future_write_secs;
         if write && date_secs - now.unix_timestamp() > ahead {
-            let server_time = sigv4::amz_date(now);
-            return Err((
-                Problem {
-                    server_time: Some(server_time.clone()),
-                    ..Problem::detail(
-                        Reason::RequestTimeSkewed,
-                        format!(
-                            "x-amz-date {amz_date} is ahead of the server's time {server_time}; writes may be dated at \
-                             most {ahead} s ahead: correct the clock offset and sign again"
-                        ),
-                    )
-                },
-                "write dated in the future".into(),
+            return Err(skewed(
+                format!("more than {ahead} s (the most a write may be) ahead of"),
+                "write dated in the future",
             ));
         }
         let not_before = settings.not_before + if write { ahead } else { 0 };
