@@ -65,10 +65,13 @@
 
 #[path = "../tests/common/client.rs"]
 mod client;
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Args, bench_tempdir, env_count, median, min_max};
 
 use std::hint::black_box;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -94,49 +97,6 @@ const MEMBER_PASSWORD: &str = "bench member password";
 const DOC_SIZE: usize = 1024;
 const TARGET_RATIO: f64 = 0.90;
 
-/// Criterion options that take a value (skipped when looking for a filter), as in http.rs.
-const VALUE_OPTIONS: &[&str] = &[
-    "--warm-up-time",
-    "--measurement-time",
-    "--sample-size",
-    "--save-baseline",
-    "--baseline",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--output-format",
-    "--profile-time",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--nresamples",
-    "--color",
-    "--plotting-backend",
-    "--format",
-    "--logfile",
-    "-c",
-    "-s",
-    "-b",
-];
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    })
-}
-
 /// The `q`-quantile (nearest rank) of sorted values.
 fn quantile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
@@ -144,22 +104,6 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
-}
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
-fn bench_tempdir() -> tempfile::TempDir {
-    match std::env::var_os("COFFER_BENCH_DIR") {
-        Some(base) => tempfile::tempdir_in(PathBuf::from(base)),
-        None => tempfile::tempdir(),
-    }
-    .unwrap()
 }
 
 /// CPU time (user + system) so far, seconds, from a `/proc/.../stat` file (clock ticks of
@@ -189,46 +133,6 @@ fn machine_busy_secs() -> f64 {
 // ---------------------------------------------------------------------------------------
 // Arguments
 // ---------------------------------------------------------------------------------------
-
-struct Args {
-    test: bool,
-    list: bool,
-    filters: Vec<String>,
-}
-
-impl Args {
-    fn parse() -> Self {
-        // As criterion: `cargo bench` passes --bench; without it (`cargo test --benches`)
-        // or with --test, run the smoke test only.
-        let mut bench = false;
-        let mut test = false;
-        let mut list = false;
-        let mut filters = Vec::new();
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--bench" => bench = true,
-                "--test" => test = true,
-                "--list" => list = true,
-                s if VALUE_OPTIONS.contains(&s) => {
-                    it.next();
-                }
-                s if s.starts_with('-') => {}
-                s => filters.push(s.to_owned()),
-            }
-        }
-        Self {
-            test: test || !bench,
-            list,
-            filters,
-        }
-    }
-
-    fn wants(&self, id: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| id.contains(f.as_str()))
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The two servers

@@ -66,10 +66,14 @@
 
 #[path = "../tests/common/client.rs"]
 mod client;
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{Args, bench_tempdir, env_count, median, min_max};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -113,30 +117,6 @@ const RSS_TARGET: u64 = 96 * MIB;
 /// How often the RSS sampler reads `/proc/PID/status`.
 const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(5);
 
-/// Criterion options that take a value (skipped when looking for a filter), as in rss.rs.
-const VALUE_OPTIONS: &[&str] = &[
-    "--warm-up-time",
-    "--measurement-time",
-    "--sample-size",
-    "--save-baseline",
-    "--baseline",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--output-format",
-    "--profile-time",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--nresamples",
-    "--color",
-    "--plotting-backend",
-    "--format",
-    "--logfile",
-    "-c",
-    "-s",
-    "-b",
-];
-
 fn label(size: u64) -> String {
     match size {
         s if s >= GIB && s % GIB == 0 => format!("{}GiB", s / GIB),
@@ -147,41 +127,6 @@ fn label(size: u64) -> String {
 
 fn mibs(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / MIB as f64 / secs
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-        (lo.min(v), hi.max(v))
-    })
-}
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
-fn bench_tempdir() -> tempfile::TempDir {
-    match std::env::var_os("COFFER_BENCH_DIR") {
-        Some(base) => tempfile::tempdir_in(PathBuf::from(base)),
-        None => tempfile::tempdir(),
-    }
-    .unwrap()
 }
 
 /// Byte `offset`.. of the content (offset a multiple of 8): little-endian splitmix64 of each
@@ -243,46 +188,6 @@ fn wait_for_second(from: i64) {
 // ---------------------------------------------------------------------------------------
 // Arguments
 // ---------------------------------------------------------------------------------------
-
-struct Args {
-    test: bool,
-    list: bool,
-    filters: Vec<String>,
-}
-
-impl Args {
-    fn parse() -> Self {
-        // As criterion: `cargo bench` passes --bench; without it (`cargo test --benches`)
-        // or with --test, run the smoke test only.
-        let mut bench = false;
-        let mut test = false;
-        let mut list = false;
-        let mut filters = Vec::new();
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--bench" => bench = true,
-                "--test" => test = true,
-                "--list" => list = true,
-                s if VALUE_OPTIONS.contains(&s) => {
-                    it.next();
-                }
-                s if s.starts_with('-') => {}
-                s => filters.push(s.to_owned()),
-            }
-        }
-        Self {
-            test: test || !bench,
-            list,
-            filters,
-        }
-    }
-
-    fn wants(&self, id: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| id.contains(f.as_str()))
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The bench's own server: the same mTLS stack, no storage

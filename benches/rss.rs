@@ -20,6 +20,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(missing_docs)]
 
+#[path = "support/mod.rs"]
+mod support;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,30 +42,6 @@ const WRITE_PIECE: usize = 64 * 1024;
 /// The target: peak RSS of the 1 GiB document below this.
 const RSS_TARGET: u64 = 64 * MIB;
 const PASSPHRASE: &str = "correct horse battery staple";
-
-/// Criterion options that take a value (skipped when looking for a filter).
-const VALUE_OPTIONS: &[&str] = &[
-    "--warm-up-time",
-    "--measurement-time",
-    "--sample-size",
-    "--save-baseline",
-    "--baseline",
-    "--baseline-lenient",
-    "--load-baseline",
-    "--output-format",
-    "--profile-time",
-    "--noise-threshold",
-    "--confidence-level",
-    "--significance-level",
-    "--nresamples",
-    "--color",
-    "--plotting-backend",
-    "--format",
-    "--logfile",
-    "-c",
-    "-s",
-    "-b",
-];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -105,7 +83,7 @@ fn parent(args: &[String]) {
             "--bench" => bench = true,
             "--test" => test = true,
             "--list" => list = true,
-            s if VALUE_OPTIONS.contains(&s) => {
+            s if support::VALUE_OPTIONS.contains(&s) => {
                 it.next();
             }
             s if s.starts_with('-') => {} // --exact, --quiet, --noplot, ...: nothing to do here
