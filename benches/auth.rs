@@ -266,6 +266,8 @@ impl Product {
                 limits: Limits::default(),
                 workers: Some(workers),
                 auth,
+                device_days: 365,
+                allow: coffer::http::allowlist::Allowlist::loopback(),
             },
         )
         .unwrap();

@@ -509,7 +509,8 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
     let cert_pem = coffer::pki::to_pem(&device.cert_der);
     let key_pem = device.key.to_pem().unwrap();
     let (server_cert, server_key) = vault.server_identity().unwrap();
-    let tls = coffer::http::tls::server_config(&device.ca_der, server_cert, &server_key, TlsVersion::Tls13).unwrap();
+    let cert = Arc::new(coffer::http::tls::ServerCert::new(server_cert, &server_key, TlsVersion::Tls13).unwrap());
+    let tls = coffer::http::tls::server_config(&device.ca_der, cert, TlsVersion::Tls13).unwrap();
     drop(server_key);
 
     // Both servers: one worker per CPU (the product's default, made explicit here).
@@ -525,6 +526,8 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
             },
             workers: Some(workers),
             auth,
+            device_days: 365,
+            allow: coffer::http::allowlist::Allowlist::loopback(),
         },
     )
     .unwrap();

@@ -47,6 +47,10 @@ pub struct Config {
     /// The URL devices reach the server at (`https://host:port`), written into client
     /// profiles; default: the server certificate's first name and the listen port.
     pub public_url: Option<String>,
+    /// Networks connections are accepted from (`["203.0.113.0/24", "2001:db8::/32"]`);
+    /// others are closed before the TLS handshake. Required by `coffer serve` (use
+    /// `["0.0.0.0/0", "::/0"]` to allow every address); `serve --dev` allows loopback only.
+    pub allow_cidrs: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             pki: PkiConfig::default(),
             auth: AuthConfig::default(),
             public_url: None,
+            allow_cidrs: None,
         }
     }
 }
@@ -210,6 +215,9 @@ pub struct AuthConfig {
     /// writes are refused for this long (plus a second), so none that the previous process
     /// accepted can be replayed.
     pub max_future_write_secs: u32,
+    /// Enrolment attempts (`POST /v1/enroll`, the one route open without a client
+    /// certificate) per minute from one IP address (IPv6: per /64).
+    pub enrolments_per_ip_per_minute: u32,
 }
 
 impl Default for AuthConfig {
@@ -227,6 +235,7 @@ impl Default for AuthConfig {
             ip_failures_per_minute: 60,
             max_password_checks: 2,
             max_future_write_secs: 10,
+            enrolments_per_ip_per_minute: 10,
         }
     }
 }
@@ -302,7 +311,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_IP_FAILURES_PER_MINUTE", "auth.ip_failures_per_minute"),
     ("COFFER_MAX_PASSWORD_CHECKS", "auth.max_password_checks"),
     ("COFFER_MAX_FUTURE_WRITE_SECS", "auth.max_future_write_secs"),
+    (
+        "COFFER_ENROLMENTS_PER_IP_PER_MINUTE",
+        "auth.enrolments_per_ip_per_minute",
+    ),
     ("COFFER_PUBLIC_URL", "public_url"),
+    ("COFFER_ALLOW_CIDRS", "allow_cidrs"),
 ];
 
 impl Config {
@@ -402,7 +416,18 @@ impl Config {
                 "COFFER_IP_FAILURES_PER_MINUTE" => self.auth.ip_failures_per_minute = parse(name, &value)?,
                 "COFFER_MAX_PASSWORD_CHECKS" => self.auth.max_password_checks = parse(name, &value)?,
                 "COFFER_MAX_FUTURE_WRITE_SECS" => self.auth.max_future_write_secs = parse(name, &value)?,
+                "COFFER_ENROLMENTS_PER_IP_PER_MINUTE" => self.auth.enrolments_per_ip_per_minute = parse(name, &value)?,
                 "COFFER_PUBLIC_URL" => self.public_url = Some(value.trim().to_owned()),
+                "COFFER_ALLOW_CIDRS" => {
+                    self.allow_cidrs = Some(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    )
+                }
                 _ => {}
             }
         }
@@ -492,6 +517,14 @@ impl Config {
         }
         if a.max_future_write_secs > 300 {
             return invalid("auth.max_future_write_secs", "must be 0 to 300");
+        }
+        if !(1..=10_000).contains(&a.enrolments_per_ip_per_minute) {
+            return invalid("auth.enrolments_per_ip_per_minute", "must be 1 to 10000");
+        }
+        if let Some(cidrs) = &self.allow_cidrs
+            && let Err(e) = crate::http::allowlist::Allowlist::parse(cidrs)
+        {
+            return invalid("allow_cidrs", &e.to_string());
         }
         if let Some(url) = &self.public_url {
             let ok = url.starts_with("https://") && url.len() > 8 && !url.chars().any(char::is_whitespace);

@@ -5,6 +5,7 @@
 //! envelope and chunk encryption), [`store`] (redb, typed tables, no plaintext),
 //! [`app`] (use cases combining keys and store), and the command line in `cli`.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod client;

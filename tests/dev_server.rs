@@ -672,17 +672,29 @@ fn coffer_passphrase_is_used_when_set() {
 }
 
 #[test]
-fn admin_commands_are_refused_while_it_runs_and_work_after() {
+fn admin_commands_go_through_the_running_server_and_open_the_database_after() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = DevServer::start(d, &[]);
 
+    // Through the admin socket: no passphrase is needed (so no warning about the
+    // development one), and the answer is the server's.
     let out = coffer_in(d).args(["device", "list"]).output().unwrap();
+    let stderr = text(&out.stderr);
+    let through_socket = text(&out.stdout);
+    assert!(out.status.success(), "device list next to a running server: {stderr}");
+    assert!(
+        !stderr.contains("development passphrase"),
+        "it opened the database itself: {stderr}"
+    );
+    assert!(through_socket.contains(&demo_device_id(d)), "{through_socket}");
+    // A command that does not go through the socket is refused with a clear message.
+    let out = coffer_in(d).args(["key", "status"]).output().unwrap();
     let stderr = text(&out.stderr);
     assert_eq!(
         out.status.code(),
         Some(1),
-        "device list next to a running server: {stderr}"
+        "key status next to a running server: {stderr}"
     );
     assert!(
         stderr.contains("coffer serve") && stderr.contains("holds the database"),
@@ -715,6 +727,7 @@ fn admin_commands_are_refused_while_it_runs_and_work_after() {
         stderr.contains("development passphrase"),
         "no warning about the development passphrase: {stderr}"
     );
+    assert_eq!(stdout, through_socket, "the same list both ways");
     let rows: Vec<&str> = stdout.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "{stdout}");
     let words: Vec<&str> = rows[0].split_whitespace().collect();

@@ -292,6 +292,9 @@ fn device_record_past_its_expiry_is_401_device_expired() {
                 thumbprint: coffer::pki::thumbprint(&cert),
                 revoked: false,
                 signing_secret: None,
+                serial: None,
+                revoked_at: None,
+                retired: Vec::new(),
             },
             Timestamp(Timestamp::now().0 - 1000),
         )

@@ -67,6 +67,9 @@ fn device_names_are_checked_like_user_names() {
             thumbprint: thumbprint(9),
             revoked: false,
             signing_secret: None,
+            serial: None,
+            revoked_at: None,
+            retired: Vec::new(),
         };
         let err = vault
             .add_device(owner.id, body, coffer::model::Timestamp::now())

@@ -4,6 +4,7 @@
 pub mod dev;
 pub mod documents;
 pub mod durable;
+pub mod enrol;
 pub mod init;
 pub mod keys;
 pub mod pki;

@@ -8,7 +8,9 @@ use super::sealing::{open_record, seal_record};
 use super::{Paths, Vault, VaultError, durable};
 use crate::crypto::labels::{AAD_META, Purpose};
 use crate::model::{DeviceId, Timestamp, UserId};
-use crate::pki::{Ca, CertInfo, KeyDer, PkiError, San, cert_info, from_pem, public_key_pem, spki_pin, to_pem};
+use crate::pki::{
+    Ca, CertInfo, KeyDer, PkiError, Revoked, San, cert_info, crl_pem, from_pem, public_key_pem, spki_pin, to_pem,
+};
 use crate::store::StoredSecret;
 
 /// The CA certificate (PEM): what clients and the server trust.
@@ -113,6 +115,28 @@ pub fn pins(paths: &Paths) -> Result<(String, String), PkiFileError> {
     Ok((spki_pin(&current.spki), spki_pin(&next)))
 }
 
+/// The CRL file: the CA's list of revoked device certificates, for TLS terminators other
+/// than coffer (coffer itself checks the device record on every request).
+pub const CRL_FILE: &str = "crl.pem";
+
+/// The CRL file's path.
+pub fn crl_path(paths: &Paths) -> PathBuf {
+    paths.keys_dir.join(CRL_FILE)
+}
+
+/// What a server key rotation did.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    /// Pin of the key that was current (apps may drop it).
+    pub retired_pin: String,
+    /// Pin of the key now current (the former backup pin).
+    pub current_pin: String,
+    /// Pin of the new next key (ship it as the new backup pin).
+    pub next_pin: String,
+    /// The new certificate.
+    pub cert: CertInfo,
+}
+
 /// A device certificate and key made by [`Vault::issue_device`].
 #[derive(Debug)]
 pub struct IssuedDevice {
@@ -205,16 +229,79 @@ impl Vault {
 
     /// Issues a new server certificate for the same key (so pins stay valid), for `sans`
     /// or, when empty, the names of the current certificate.
+    ///
+    /// It also repairs the keys directory after an interrupted key rotation: the new
+    /// certificate is for the key the database holds, and `server-next.pub` is rewritten
+    /// from the next key in the database.
     pub fn renew_server_cert(&self, sans: &[San], days: u32) -> Result<CertInfo, PkiFileError> {
-        let (current, key) = self.server_identity()?;
+        let current = read_cert(&server_cert_path(&self.paths), "server.crt")?;
+        let key = self.key(SLOT_SERVER_KEY, "server key")?;
         let sans = if sans.is_empty() {
             cert_info(&current, "server.crt")?.sans
         } else {
             sans.to_vec()
         };
         let cert = self.ca()?.issue_server(&key, &sans, days)?;
+        let next = self.key(SLOT_SERVER_NEXT_KEY, "next server key")?;
+        write_public(
+            &self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE),
+            &public_key_pem(&next.spki()?),
+        )?;
         write_public(&server_cert_path(&self.paths), &to_pem(&cert))?;
         Ok(cert_info(&cert, "server.crt")?)
+    }
+
+    /// Rotates the server key: the next key (whose pin apps already carry as their backup
+    /// pin) becomes the current one with a new certificate for the same names, and a new
+    /// next key is made. The database commit comes first; if writing the files is
+    /// interrupted, `coffer cert renew-server` rewrites both from the database.
+    pub fn rotate_server_key(&self, days: u32) -> Result<Rotation, PkiFileError> {
+        let old = cert_info(&read_cert(&server_cert_path(&self.paths), "server.crt")?, "server.crt")?;
+        let promoted = self.key(SLOT_SERVER_NEXT_KEY, "next server key")?;
+        let cert = self.ca()?.issue_server(&promoted, &old.sans, days)?;
+        let next = KeyDer::generate()?;
+        self.put_keys(&[(SLOT_SERVER_KEY, &promoted), (SLOT_SERVER_NEXT_KEY, &next)], true)?;
+        let next_spki = next.spki()?;
+        write_public(
+            &self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE),
+            &public_key_pem(&next_spki),
+        )?;
+        write_public(&server_cert_path(&self.paths), &to_pem(&cert))?;
+        let info = cert_info(&cert, "server.crt")?;
+        Ok(Rotation {
+            retired_pin: spki_pin(&old.spki),
+            current_pin: spki_pin(&info.spki),
+            next_pin: spki_pin(&next_spki),
+            cert: info,
+        })
+    }
+
+    /// Rewrites `keys/crl.pem`: every revoked device's certificate and every certificate
+    /// replaced by a renewal, while they have not expired. Returns how many it lists.
+    pub fn write_crl(&self) -> Result<usize, PkiFileError> {
+        let now = Timestamp::now();
+        let mut revoked = Vec::new();
+        for d in self.devices()? {
+            if let (true, Some(serial)) = (d.body.revoked, &d.body.serial)
+                && d.expires > now
+            {
+                revoked.push(Revoked {
+                    serial: serial.clone(),
+                    at: d.body.revoked_at.unwrap_or(now).0 / 1000,
+                });
+            }
+            for r in d.body.retired.iter().filter(|r| r.not_after > now) {
+                revoked.push(Revoked {
+                    serial: r.serial.clone(),
+                    at: r.at.0 / 1000,
+                });
+            }
+        }
+        // Milliseconds since the epoch: grows with every CRL this CA writes.
+        let number = u64::try_from(now.0).unwrap_or(0);
+        let der = self.ca()?.crl(&revoked, number)?;
+        write_public(&crl_path(&self.paths), &crl_pem(&der))?;
+        Ok(revoked.len())
     }
 
     /// Makes a key pair, a client certificate and a signing secret for a new device of `owner`, and
@@ -234,6 +321,9 @@ impl Vault {
                 thumbprint: crate::pki::thumbprint(&cert_der),
                 revoked: false,
                 signing_secret: Some(new_signing_secret()?),
+                serial: Some(info.serial),
+                revoked_at: None,
+                retired: Vec::new(),
             },
             Timestamp(info.not_after.saturating_mul(1000)),
         )?;

@@ -52,6 +52,24 @@ pub struct DeviceBody {
     pub revoked: bool,
     /// The SigV4 signing secret (absent on devices issued before signatures existed).
     pub signing_secret: Option<SecretString>,
+    /// Serial number of the current certificate (absent on devices issued before the
+    /// CRL existed: those cannot be listed in it).
+    pub serial: Option<Vec<u8>>,
+    /// When the device was revoked.
+    pub revoked_at: Option<Timestamp>,
+    /// Certificates the device held before a renewal, listed in the CRL until they expire.
+    pub retired: Vec<RetiredCert>,
+}
+
+/// A certificate replaced by a renewal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredCert {
+    /// Its serial number.
+    pub serial: Vec<u8>,
+    /// When it was replaced.
+    pub at: Timestamp,
+    /// Its end of validity (after which no CRL needs to list it).
+    pub not_after: Timestamp,
 }
 
 impl std::fmt::Debug for DeviceBody {
@@ -101,24 +119,48 @@ struct DeviceBodyV1 {
     revoked: bool,
 }
 
+/// Format 2 of a device body (before serials and renewals).
+#[derive(Serialize, Deserialize)]
+struct DeviceBodyV2 {
+    name: String,
+    thumbprint: [u8; 32],
+    revoked: bool,
+    signing_secret: Option<SecretString>,
+}
+
 #[derive(Serialize, Deserialize)]
 enum DeviceBodyRecord {
     V1(DeviceBodyV1),
-    V2(DeviceBody),
+    V2(DeviceBodyV2),
+    V3(DeviceBody),
 }
 
 impl DeviceBodyRecord {
     fn into_body(self) -> DeviceBody {
+        let old = |name, thumbprint, revoked, signing_secret| DeviceBody {
+            name,
+            thumbprint,
+            revoked,
+            signing_secret,
+            serial: None,
+            revoked_at: None,
+            retired: Vec::new(),
+        };
         match self {
-            Self::V1(b) => DeviceBody {
-                name: b.name,
-                thumbprint: b.thumbprint,
-                revoked: b.revoked,
-                signing_secret: None,
-            },
-            Self::V2(b) => b,
+            Self::V1(b) => old(b.name, b.thumbprint, b.revoked, None),
+            Self::V2(b) => old(b.name, b.thumbprint, b.revoked, b.signing_secret),
+            Self::V3(b) => b,
         }
     }
+}
+
+fn check_device_name(name: &str) -> Result<(), VaultError> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(VaultError::Invalid(
+            "a device name must be 1 to 255 bytes without control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A user with its decrypted fields.
@@ -346,11 +388,21 @@ impl Vault {
         body: DeviceBody,
         expires: Timestamp,
     ) -> Result<DeviceInfo, VaultError> {
-        if body.name.is_empty() || body.name.len() > 255 || body.name.chars().any(char::is_control) {
-            return Err(VaultError::Invalid(
-                "a device name must be 1 to 255 bytes without control characters".into(),
-            ));
-        }
+        let (stored, index, info) = self.seal_new_device(id, owner, body, expires)?;
+        self.store.insert_device(id, &stored, index)?;
+        Ok(info)
+    }
+
+    /// Checks and seals a new device record: the record, its thumbprint index entry, and
+    /// what the caller gets back once it is stored.
+    pub(crate) fn seal_new_device(
+        &self,
+        id: DeviceId,
+        owner: UserId,
+        body: DeviceBody,
+        expires: Timestamp,
+    ) -> Result<(StoredDevice, [u8; 32], DeviceInfo), VaultError> {
+        check_device_name(&body.name)?;
         self.user(owner)?;
         if self.device_by_thumbprint(&body.thumbprint)?.is_some() {
             return Err(crate::store::StoreError::Conflict("a device with this certificate").into());
@@ -359,7 +411,7 @@ impl Vault {
             Purpose::Device,
             id.0,
             &device_bound(owner, expires),
-            &DeviceBodyRecord::V2(body.clone()),
+            &DeviceBodyRecord::V3(body.clone()),
         )?;
         let now = Timestamp::now();
         let stored = StoredDevice {
@@ -372,14 +424,54 @@ impl Vault {
             sealed,
         };
         let index = index_hash(self.keyring.current().1, INDEX_DEVICE_CERT, &body.thumbprint);
-        self.store.insert_device(id, &stored, index)?;
-        Ok(DeviceInfo {
+        let info = DeviceInfo {
             id,
             owner,
             expires,
             created: now,
             body,
-        })
+        };
+        Ok((stored, index, info))
+    }
+
+    /// Reseals device `old` (as stored) with `body` and a new expiry: the new record and
+    /// the index move from its old thumbprint to the body's.
+    pub(crate) fn reseal_device(
+        &self,
+        id: DeviceId,
+        old: &StoredDevice,
+        old_thumbprint: &[u8; 32],
+        body: &DeviceBody,
+        expires: Timestamp,
+    ) -> Result<(StoredDevice, Option<Reindex>), VaultError> {
+        let (key_version, wrapped_dek, sealed) = self.seal_body(
+            Purpose::Device,
+            id.0,
+            &device_bound(old.owner, expires),
+            &DeviceBodyRecord::V3(body.clone()),
+        )?;
+        // The old entry is under the old record's master key version; if that version is
+        // no longer held, there is no entry to find, and removing its would-be key is a no-op.
+        let current_master = self.keyring.current().1;
+        let old_master = self.keyring.version(old.key_version).unwrap_or(current_master);
+        let reindex = Some(Reindex {
+            old: index_hash(old_master, INDEX_DEVICE_CERT, old_thumbprint),
+            new: index_hash(current_master, INDEX_DEVICE_CERT, &body.thumbprint),
+        });
+        let stored = StoredDevice {
+            expires,
+            updated: Timestamp::now(),
+            key_version,
+            wrapped_dek,
+            sealed,
+            ..old.clone()
+        };
+        Ok((stored, reindex))
+    }
+
+    /// A device's decrypted fields from its stored record.
+    pub(crate) fn open_device(&self, id: DeviceId, stored: &StoredDevice) -> Result<DeviceInfo, VaultError> {
+        self.device_info(id, stored)
     }
 
     /// Finds the device holding the certificate with this SHA-256 thumbprint.
@@ -425,12 +517,15 @@ impl Vault {
         let mut updated = None;
         self.store.update_device(id, |old: StoredDevice| {
             let mut info = self.device_info(id, &old)?;
-            info.body.revoked = true;
+            if !info.body.revoked {
+                info.body.revoked = true;
+                info.body.revoked_at = Some(Timestamp::now());
+            }
             let (key_version, wrapped_dek, sealed) = self.seal_body(
                 Purpose::Device,
                 id.0,
                 &device_bound(old.owner, old.expires),
-                &DeviceBodyRecord::V2(info.body.clone()),
+                &DeviceBodyRecord::V3(info.body.clone()),
             )?;
             let reindex = self.reindex(old.key_version, key_version, INDEX_DEVICE_CERT, &info.body.thumbprint);
             let stored = StoredDevice {

@@ -7,24 +7,92 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 
 use super::Context;
+use crate::admin::{EnrolmentOut, IssuedOut, Request, Response};
 use crate::app::durable;
 use crate::model::{DeviceId, Timestamp};
-use crate::pki::{P12Flavour, pkcs12, to_pem};
+use crate::pki::{P12Flavour, pkcs12};
 
 /// Devices.
 #[derive(Debug, Subcommand)]
 pub enum DeviceCmd {
-    /// Make a key and client certificate for a user's device and register it; writes the
-    /// certificate, key, a password-protected PKCS#12 bundle (for MDM) and the CA to --out.
+    /// Make a single-use enrolment code for a new device of a user, shown as a QR code for
+    /// the app: the app makes its key on the phone and sends a CSR to `POST /v1/enroll`.
+    Enroll(EnrollCmd),
+    /// Make a key and client certificate here for a user's device and register it (for
+    /// devices that cannot make a CSR); writes the certificate, key, a password-protected
+    /// PKCS#12 bundle (for MDM) and the CA to --out.
     Issue(IssueCmd),
-    /// List devices.
+    /// List devices with their status and certificate expiry.
     List,
-    /// Revoke a device (with the server stopped, until the admin socket exists): refused
-    /// from its first request once the server runs again.
+    /// Revoke a device: refused from its next request, listed in keys/crl.pem.
     Revoke {
         /// The device id (see `coffer device list`).
         id: DeviceId,
     },
+    /// Renew a device's certificate, keeping its id: by default a renewal code with which
+    /// the app sends a CSR (for its current key or a new one); with --out, a new key and
+    /// PKCS#12 bundle made here. The old certificate is listed in keys/crl.pem.
+    Renew(RenewCmd),
+}
+
+/// `coffer device enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollCmd {
+    /// The owner's user name.
+    #[arg(long, value_name = "NAME")]
+    user: String,
+    /// How long the code works: 90s, 30m, 24h, 7d (1 minute to 30 days).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// Print `{"code", "url", "pins", "expires"}` instead of the QR code, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `coffer device renew`.
+#[derive(Debug, Args)]
+pub struct RenewCmd {
+    /// The device id (see `coffer device list`).
+    id: DeviceId,
+    /// How long the renewal code works: 90s, 30m, 24h, 7d.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
+    ttl: u64,
+    /// Print the renewal code as JSON instead of the QR code.
+    #[arg(long)]
+    json: bool,
+    /// Make a new key here and write device.crt, device.key, device.p12, ca.crt and
+    /// profile.toml to this directory (as `device issue` does) instead of a renewal code.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// With --out: read the PKCS#12 password from this file instead of generating one.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    p12_password_file: Option<PathBuf>,
+    /// With --out: 3DES/SHA-1 PKCS#12 for old importers.
+    #[arg(long, requires = "out")]
+    legacy_p12: bool,
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` (or plain seconds) into seconds.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    if !crate::app::enrol::CODE_TTL_RANGE.contains(&secs) {
+        return Err("a code lives 1 minute to 30 days".into());
+    }
+    Ok(secs)
 }
 
 /// `coffer device issue`.
@@ -57,6 +125,15 @@ const OUT_FILES: [&str; 5] = ["device.crt", "device.key", "device.p12", "ca.crt"
 /// The URL devices reach the server at: `explicit`, else `public_url`, else the server
 /// certificate's first name with the listen port.
 pub(super) fn endpoint(ctx: &Context, explicit: Option<&str>) -> anyhow::Result<String> {
+    endpoint_with(ctx, explicit, ctx.config.listen.map_or(8443, |l| l.port()))
+}
+
+/// [`endpoint`] for a server listening on `port`.
+pub(super) fn endpoint_on_port(ctx: &Context, port: u16) -> anyhow::Result<String> {
+    endpoint_with(ctx, None, port)
+}
+
+fn endpoint_with(ctx: &Context, explicit: Option<&str>, port: u16) -> anyhow::Result<String> {
     if let Some(url) = explicit.map(str::to_owned).or_else(|| ctx.config.public_url.clone()) {
         if !url.starts_with("https://") {
             anyhow::bail!("the endpoint must be an https:// URL, e.g. https://coffer.example.com:8443");
@@ -71,7 +148,6 @@ pub(super) fn endpoint(ctx: &Context, explicit: Option<&str>) -> anyhow::Result<
         Some(san) => san.to_string(),
         None => "localhost".to_owned(),
     };
-    let port = ctx.config.listen.map_or(8443, |l| l.port());
     Ok(format!("https://{host}:{port}"))
 }
 
@@ -80,162 +156,287 @@ fn write_new(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<
     durable::write_new(&path, bytes, mode).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The PKCS#12 password: from `file`, or generated (and then printed once).
+fn p12_password(file: Option<&Path>) -> anyhow::Result<crate::secret::Passphrase> {
+    let password = match file {
+        Some(f) => crate::app::unlock::from_file(f)?,
+        None => {
+            let bytes: [u8; 15] = crate::crypto::random_bytes()?;
+            crate::secret::Passphrase::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        }
+    };
+    std::str::from_utf8(password.expose()).context("the PKCS#12 password must be UTF-8")?;
+    if password.char_count() < super::user::MIN_PASSWORD_CHARS {
+        anyhow::bail!(
+            "the PKCS#12 password is too short: use at least {} characters (it protects the device key)",
+            super::user::MIN_PASSWORD_CHARS
+        );
+    }
+    Ok(password)
+}
+
+/// Checks, before anything is issued, that `out` can take the device files: none of them
+/// exists, and an existing directory is safe (see [`prepare_out`]).
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    for f in OUT_FILES {
+        let p = out.join(f);
+        if p.symlink_metadata().is_ok() {
+            anyhow::bail!("{} already exists: choose an empty --out directory", p.display());
+        }
+    }
+    if out.symlink_metadata().is_ok() {
+        prepare_out(out)?;
+    }
+    Ok(())
+}
+
+/// Makes sure `out` is a directory of ours that others cannot write (created owner-only
+/// if missing).
+fn prepare_out(out: &Path) -> anyhow::Result<()> {
+    // A directory made here is owner-only; an existing one keeps its permissions but must
+    // be ours and not writable by others, or someone could swap the files before they are
+    // handed out.
+    match std::fs::symlink_metadata(out) {
+        Ok(meta) => {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            if !meta.is_dir() {
+                anyhow::bail!("{} exists and is not a directory", out.display());
+            }
+            if meta.uid() != rustix::process::geteuid().as_raw() || meta.permissions().mode() & 0o022 != 0 {
+                anyhow::bail!(
+                    "{} is not owned by this user or is writable by others: use a directory of your own",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Err(_) => durable::create_private_dir(out).with_context(|| format!("cannot create {}", out.display())),
+    }
+}
+
+/// Writes the files of a device made here; prints what a human needs.
+fn write_issued(
+    ctx: &Context,
+    issued: &IssuedOut,
+    out: &Path,
+    password: &crate::secret::Passphrase,
+    legacy: bool,
+    endpoint: Option<&str>,
+) -> anyhow::Result<()> {
+    let password_text = std::str::from_utf8(password.expose()).context("the PKCS#12 password must be UTF-8")?;
+    let key = crate::pki::KeyDer::new(crate::pki::from_pem(
+        issued.key_pem.expose(),
+        "PRIVATE KEY",
+        "device key",
+    )?);
+    let cert = crate::pki::from_pem(&issued.cert_pem, "CERTIFICATE", "device certificate")?;
+    let ca = crate::pki::from_pem(&issued.ca_pem, "CERTIFICATE", "CA certificate")?;
+    let flavour = if legacy { P12Flavour::Legacy } else { P12Flavour::Modern };
+    let p12 = zeroize::Zeroizing::new(pkcs12(&key, &cert, &ca, &issued.device.name, password_text, flavour)?);
+    let endpoint = match endpoint {
+        Some(e) => self::endpoint(ctx, Some(e))?,
+        None => issued.endpoint.clone(),
+    };
+    let profile = crate::client::Profile {
+        endpoint,
+        region: issued.region.clone(),
+        service: crate::http::auth::SERVICE.to_owned(),
+        access_key_id: issued.device.id.clone(),
+        secret_access_key: issued.secret.clone(),
+        ca: "ca.crt".into(),
+        cert: "device.crt".into(),
+        key: "device.key".into(),
+        username: issued.device.user.clone(),
+        password_file: None,
+    };
+    write_new(out, "device.key", issued.key_pem.expose().as_bytes(), 0o600)?;
+    write_new(out, "device.crt", issued.cert_pem.as_bytes(), 0o644)?;
+    write_new(out, "device.p12", &p12, 0o600)?;
+    write_new(out, "ca.crt", issued.ca_pem.as_bytes(), 0o644)?;
+    write_new(out, "profile.toml", profile.to_toml().as_bytes(), 0o600)?;
+    Ok(())
+}
+
+/// What `write_issued` wrote and the secrets shown once.
+fn print_issued(issued: &IssuedOut, out: &Path, password: Option<&crate::secret::Passphrase>) {
+    println!(
+        "wrote {}/{{device.crt,device.key,device.p12,ca.crt,profile.toml}}",
+        out.display()
+    );
+    println!("access key id (the device id): {}", issued.device.id);
+    println!(
+        "signing secret (shown once; also in profile.toml): {}",
+        issued.secret.expose()
+    );
+    if let Some(p) = password {
+        println!("PKCS#12 password (shown once): {}", String::from_utf8_lossy(p.expose()));
+    }
+}
+
 impl IssueCmd {
     fn run(self, ctx: &Context) -> anyhow::Result<()> {
-        for f in OUT_FILES {
-            let p = self.out.join(f);
-            if p.symlink_metadata().is_ok() {
-                anyhow::bail!("{} already exists: choose an empty --out directory", p.display());
-            }
+        check_out(&self.out)?;
+        let password = p12_password(self.p12_password_file.as_deref())?;
+        if let Some(e) = &self.endpoint {
+            endpoint(ctx, Some(e))?;
         }
-        let password = match &self.p12_password_file {
-            Some(f) => crate::app::unlock::from_file(f)?,
-            None => {
-                let bytes: [u8; 15] = crate::crypto::random_bytes()?;
-                crate::secret::Passphrase::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
-            }
+        let Response::Issued(issued) = ctx.admin(Request::DeviceIssue {
+            user: self.user,
+            name: self.name,
+        })?
+        else {
+            anyhow::bail!("unexpected answer to `device issue`");
         };
-        let password_text = std::str::from_utf8(password.expose()).context("the PKCS#12 password must be UTF-8")?;
-        if password.char_count() < super::user::MIN_PASSWORD_CHARS {
-            anyhow::bail!(
-                "the PKCS#12 password is too short: use at least {} characters (it protects the device key)",
-                super::user::MIN_PASSWORD_CHARS
-            );
-        }
-        let endpoint = endpoint(ctx, self.endpoint.as_deref())?;
-        let vault = ctx.open_vault()?;
-        let user = vault
-            .user_by_name(&self.user)?
-            .ok_or_else(|| anyhow::anyhow!("no user named {:?} (add it with `coffer user add`)", self.user))?;
-        let name = self.name.unwrap_or_else(|| format!("device of {}", user.body.name));
-        // A directory made here is owner-only; an existing one keeps its permissions but
-        // must be ours and not writable by others, or someone could swap the files before
-        // they are handed out.
-        match std::fs::symlink_metadata(&self.out) {
-            Ok(meta) => {
-                use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                if !meta.is_dir() {
-                    anyhow::bail!("{} exists and is not a directory", self.out.display());
-                }
-                if meta.uid() != rustix::process::geteuid().as_raw() || meta.permissions().mode() & 0o022 != 0 {
-                    anyhow::bail!(
-                        "{} is not owned by this user or is writable by others: use a directory of your own",
-                        self.out.display()
-                    );
-                }
-            }
-            Err(_) => durable::create_private_dir(&self.out)
-                .with_context(|| format!("cannot create {}", self.out.display()))?,
-        }
-        let issued = vault.issue_device(user.id, &name, ctx.config.pki.device_days)?;
-        let flavour = if self.legacy_p12 {
-            P12Flavour::Legacy
-        } else {
-            P12Flavour::Modern
-        };
-        let p12 = pkcs12(
-            &issued.key,
-            &issued.cert_der,
-            &issued.ca_der,
-            &name,
-            password_text,
-            flavour,
-        )?;
-        let secret = issued
-            .device
-            .body
-            .signing_secret
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the new device has no signing secret"))?;
-        let profile = crate::client::Profile {
-            endpoint,
-            region: ctx.config.auth.region.clone(),
-            service: crate::http::auth::SERVICE.to_owned(),
-            access_key_id: issued.device.id.to_string(),
-            secret_access_key: secret.clone(),
-            ca: "ca.crt".into(),
-            cert: "device.crt".into(),
-            key: "device.key".into(),
-            username: user.body.name.clone(),
-            password_file: None,
-        };
-        let result = (|| {
-            write_new(&self.out, "device.key", issued.key.to_pem()?.as_bytes(), 0o600)?;
-            write_new(&self.out, "device.crt", to_pem(&issued.cert_der).as_bytes(), 0o644)?;
-            write_new(&self.out, "device.p12", &p12, 0o600)?;
-            write_new(&self.out, "ca.crt", to_pem(&issued.ca_der).as_bytes(), 0o644)?;
-            write_new(&self.out, "profile.toml", profile.to_toml().as_bytes(), 0o600)
-        })();
-        if let Err(e) = result {
+        let written = prepare_out(&self.out).and_then(|()| {
+            write_issued(
+                ctx,
+                &issued,
+                &self.out,
+                &password,
+                self.legacy_p12,
+                self.endpoint.as_deref(),
+            )
+        });
+        if let Err(e) = written {
             // The files are incomplete: the device must not stay usable.
-            let _ = vault.revoke_device(issued.device.id);
+            let _ = ctx.admin(Request::DeviceRevoke {
+                id: issued.device.id.clone(),
+            });
             return Err(e.context("the device was revoked again; fix the problem and issue a new one"));
         }
-        println!("issued device {} for {} ({name})", issued.device.id, user.body.name);
         println!(
-            "wrote {}/{{device.crt,device.key,device.p12,ca.crt,profile.toml}}",
-            self.out.display()
+            "issued device {} for {} ({})",
+            issued.device.id, issued.device.user, issued.device.name
         );
-        println!("access key id (the device id): {}", issued.device.id);
-        println!("signing secret (shown once; also in profile.toml): {}", secret.expose());
-        if self.p12_password_file.is_none() {
-            println!("PKCS#12 password (shown once): {password_text}");
-        }
+        print_issued(
+            &issued,
+            &self.out,
+            self.p12_password_file.is_none().then_some(&password),
+        );
         Ok(())
     }
 }
 
-fn date(t: Timestamp) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t.0 / 1000)
+fn date(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
         .map(|d| d.date().to_string())
         .unwrap_or_else(|_| "?".into())
+}
+
+/// Prints an enrolment (or renewal) code: a QR code of the JSON document the app reads,
+/// and the code in text; or, with `json`, `{"code", "url", "pins", "expires"}`.
+fn print_enrolment(e: &EnrolmentOut, json: bool) -> anyhow::Result<()> {
+    let expires = crate::http::rfc3339(Timestamp(e.expires));
+    if json {
+        let mut doc = serde_json::json!({
+            "code": e.code.expose(),
+            "url": e.url,
+            "pins": e.pins,
+            "expires": expires,
+        });
+        if let Some(d) = &e.device {
+            doc["device_id"] = serde_json::Value::from(d.as_str());
+        }
+        println!("{doc}");
+        return Ok(());
+    }
+    let qr = serde_json::json!({
+        "url": e.url,
+        "code": e.code.expose(),
+        "pins": e.pins,
+        "region": e.region,
+        "service": crate::http::auth::SERVICE,
+    })
+    .to_string();
+    match &e.device {
+        Some(d) => println!("renewal code for device {d} of {}; scan it with the app:", e.user),
+        None => println!("enrolment code for a new device of {}; scan it with the app:", e.user),
+    }
+    println!("{}", super::user::qr_code(&qr)?);
+    println!("code:    {}", e.code.expose());
+    println!("server:  {}", e.url);
+    println!("pins:    {} (current), {} (next)", e.pins[0], e.pins[1]);
+    println!("expires: {expires} (single use; shown once)");
+    Ok(())
 }
 
 impl DeviceCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
         match self {
             Self::Issue(cmd) => cmd.run(ctx)?,
-            Self::List => {
-                let vault = ctx.open_vault()?;
-                let users = vault.users()?;
-                let now = Timestamp::now();
-                println!("{:<32} {:<16} {:<8} {:<10} name", "id", "user", "status", "expires");
-                let mut devices = vault.devices()?;
-                devices.sort_by_key(|d| d.created);
-                for d in devices {
-                    let owner = users
-                        .iter()
-                        .find(|u| u.id == d.owner)
-                        .map_or("?", |u| u.body.name.as_str());
-                    let status = if d.body.revoked {
-                        "revoked"
-                    } else if d.expires <= now {
-                        "expired"
-                    } else {
-                        "active"
+            Self::Enroll(cmd) => {
+                let Response::Enrolment(e) = ctx.admin(Request::DeviceEnroll {
+                    user: cmd.user,
+                    ttl_secs: cmd.ttl,
+                })?
+                else {
+                    anyhow::bail!("unexpected answer to `device enroll`");
+                };
+                print_enrolment(&e, cmd.json)?;
+            }
+            Self::Renew(cmd) => match &cmd.out {
+                Some(out) => {
+                    check_out(out)?;
+                    let password = p12_password(cmd.p12_password_file.as_deref())?;
+                    let Response::Issued(issued) = ctx.admin(Request::DeviceRenew {
+                        id: cmd.id.to_string(),
+                        ttl_secs: cmd.ttl,
+                        new_key: true,
+                    })?
+                    else {
+                        anyhow::bail!("unexpected answer to `device renew`");
                     };
+                    prepare_out(out)
+                        .and_then(|()| write_issued(
+                        ctx,
+                        &issued,
+                        out,
+                        &password,
+                        cmd.legacy_p12,
+                        None,
+                    ))
+                    .context("the device was renewed but its files could not be written: run `coffer device renew` again")?;
+                    println!(
+                        "renewed device {} of {} with a new key; its old certificate is revoked (keys/crl.pem)",
+                        issued.device.id, issued.device.user
+                    );
+                    print_issued(&issued, out, cmd.p12_password_file.is_none().then_some(&password));
+                }
+                None => {
+                    let Response::Enrolment(e) = ctx.admin(Request::DeviceRenew {
+                        id: cmd.id.to_string(),
+                        ttl_secs: cmd.ttl,
+                        new_key: false,
+                    })?
+                    else {
+                        anyhow::bail!("unexpected answer to `device renew`");
+                    };
+                    print_enrolment(&e, cmd.json)?;
+                }
+            },
+            Self::List => {
+                let Response::Devices(devices) = ctx.admin(Request::DeviceList)? else {
+                    anyhow::bail!("unexpected answer to `device list`");
+                };
+                println!("{:<32} {:<16} {:<8} {:<10} name", "id", "user", "status", "expires");
+                for d in devices {
                     println!(
                         "{} {:<16} {:<8} {:<10} {}",
                         d.id,
-                        owner,
-                        status,
+                        d.user,
+                        d.status,
                         date(d.expires),
-                        d.body.name
+                        d.name
                     );
                 }
             }
             Self::Revoke { id } => {
-                let vault = ctx.open_vault()?;
-                let d = vault.revoke_device(id).map_err(|e| match e {
-                    crate::app::VaultError::NotFound(_)
-                    | crate::app::VaultError::Store(crate::store::StoreError::NotFound(_)) => {
-                        anyhow::anyhow!("no device {id} (see `coffer device list`)")
-                    }
-                    e => e.into(),
-                })?;
+                let Response::Revoked(d, listed) = ctx.admin(Request::DeviceRevoke { id: id.to_string() })? else {
+                    anyhow::bail!("unexpected answer to `device revoke`");
+                };
                 println!(
-                    "revoked device {} ({}): refused from its next request to a server started now",
-                    d.id, d.body.name
+                    "revoked device {} ({}): refused from its next request; keys/crl.pem lists {listed} certificate(s)",
+                    d.id, d.name
                 );
             }
         }

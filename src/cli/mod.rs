@@ -120,6 +120,30 @@ impl Context {
         )?)
     }
 
+    /// The settings an admin command runs with when this process executes it.
+    fn admin_settings(&self) -> anyhow::Result<crate::admin::Settings> {
+        Ok(crate::admin::Settings {
+            argon2: self.config.argon2.params(),
+            device_days: self.config.pki.device_days,
+            server_days: self.config.pki.server_days,
+            region: self.config.auth.region.clone(),
+            endpoint: device::endpoint(self, None)?,
+        })
+    }
+
+    /// Runs an admin command through the running server's admin socket or, when no server
+    /// runs on this data directory, on the database opened here.
+    pub(crate) fn admin(&self, request: crate::admin::Request) -> anyhow::Result<crate::admin::Response> {
+        if let Some(answer) = crate::admin::call(&self.config.data_dir, &request)? {
+            return Ok(answer);
+        }
+        if matches!(request, crate::admin::Request::UserAdd { .. }) {
+            warn_if_weak(self.config.argon2.params());
+        }
+        let vault = self.open_vault()?;
+        crate::admin::execute(&vault, &self.admin_settings()?, request)
+    }
+
     /// Unlocks the key file and opens the database.
     fn open_vault(&self) -> anyhow::Result<Vault> {
         warn_if_exposed(&self.paths().key_file());

@@ -3,6 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::Context;
+use crate::admin::{Request, Response};
 use crate::pki::San;
 
 /// Print the SPKI SHA-256 pins of the current and next server keys.
@@ -29,9 +30,14 @@ impl PinsCmd {
 /// Server certificate management.
 #[derive(Debug, Subcommand)]
 pub enum CertCmd {
-    /// Issue a new server certificate for the same key (pins stay valid). Restart the
-    /// server afterwards.
+    /// Issue a new server certificate for the same key (pins stay valid). A running server
+    /// switches to it at once; it also repairs the keys directory after an interrupted
+    /// key rotation.
     RenewServer(RenewCmd),
+    /// Promote the next server key (whose pin apps already carry as their backup pin) to
+    /// current, with a new certificate, and make a new next key. A running server switches
+    /// at once (and on SIGHUP); ship the new next pin (`coffer pins`) in the next app release.
+    RotateServerKey,
 }
 
 /// `coffer cert renew-server`.
@@ -42,23 +48,43 @@ pub struct RenewCmd {
     sans: Vec<San>,
 }
 
+fn until(not_after: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(not_after)
+        .map(|t| t.date().to_string())
+        .unwrap_or_default()
+}
+
 impl CertCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
-        match self {
-            Self::RenewServer(cmd) => {
-                let vault = ctx.open_vault()?;
-                let info = vault.renew_server_cert(&cmd.sans, ctx.config.pki.server_days)?;
-                let until = time::OffsetDateTime::from_unix_timestamp(info.not_after)
-                    .map(|t| t.date().to_string())
-                    .unwrap_or_default();
+        let request = match self {
+            Self::RenewServer(cmd) => Request::CertRenewServer {
+                sans: cmd.sans.iter().map(ToString::to_string).collect(),
+            },
+            Self::RotateServerKey => Request::CertRotateServerKey,
+        };
+        let Response::ServerCert { sans, not_after, pins } = ctx.admin(request)? else {
+            anyhow::bail!("unexpected answer to `coffer cert`");
+        };
+        let path = crate::app::pki::server_cert_path(&ctx.paths());
+        match pins {
+            None => println!(
+                "renewed {} for {} (valid until {}); the key and its pin are unchanged",
+                path.display(),
+                sans.join(", "),
+                until(not_after)
+            ),
+            Some([retired, current, next]) => {
                 println!(
-                    "renewed {} for {} (valid until {until}); the key and its pin are unchanged; \
-                     restart `coffer serve` to use it",
-                    crate::app::pki::server_cert_path(vault.paths()).display(),
-                    info.sans.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    "rotated the server key; {} is for the new key (valid until {})",
+                    path.display(),
+                    until(not_after)
                 );
-                Ok(())
+                println!("{retired}  retired (apps may drop it)");
+                println!("{current}  current (was the backup pin)");
+                println!("{next}  next (ship it as the new backup pin)");
             }
         }
+        println!("a running coffer serve uses it for new connections now; open connections keep theirs");
+        Ok(())
     }
 }

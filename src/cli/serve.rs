@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::Context;
 use crate::app::dev;
+use crate::http::allowlist::Allowlist;
 use crate::http::{ServerOptions, start};
 
 /// Where `serve --dev` listens unless told otherwise.
@@ -163,6 +164,70 @@ fn raise_open_files(max_connections: u32) {
     }
 }
 
+/// Loads the server certificate again; on failure the old one stays in use.
+fn reload(why: &str, reloader: &crate::http::TlsReloader) {
+    match reloader.reload() {
+        Ok(info) => eprintln!(
+            "{why}: reloaded the server certificate (valid until {})",
+            time::OffsetDateTime::from_unix_timestamp(info.not_after)
+                .map(|t| t.date().to_string())
+                .unwrap_or_default()
+        ),
+        Err(e) => eprintln!("{why}: kept the current server certificate: {e}"),
+    }
+}
+
+/// Handles SIGHUP (reload the server certificate) on a thread of its own, and rewrites the
+/// CRL once a day so that it never goes stale for TLS terminators that read it. Returns
+/// once the handler is installed (before it, SIGHUP would end the process).
+fn watch_signals(reloader: crate::http::TlsReloader) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("coffer-signals".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut hup = match signal(SignalKind::hangup()) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                let mut daily = tokio::time::interval(std::time::Duration::from_secs(86_400));
+                daily.tick().await;
+                loop {
+                    tokio::select! {
+                        got = hup.recv() => {
+                            if got.is_none() {
+                                return;
+                            }
+                            reload("SIGHUP", &reloader);
+                        }
+                        _ = daily.tick() => {
+                            if let Err(e) = reloader.rewrite_crl() {
+                                eprintln!("warning: could not rewrite the CRL: {e}");
+                            }
+                        }
+                    }
+                }
+            });
+        })?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => anyhow::bail!("cannot watch for SIGHUP: {e}"),
+        Err(_) => anyhow::bail!("cannot watch for SIGHUP"),
+    }
+}
+
 impl ServeCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
         let paths = ctx.paths();
@@ -215,17 +280,68 @@ impl ServeCmd {
             eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
         }
         warn_expiring_devices(&vault);
+        let allow = if self.dev {
+            Allowlist::loopback()
+        } else {
+            let cidrs = ctx.config.allow_cidrs.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "allow_cidrs is not set: list the networks devices connect from in the configuration \
+                     file (allow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\"]) or in COFFER_ALLOW_CIDRS; \
+                     [\"0.0.0.0/0\", \"::/0\"] allows every address"
+                )
+            })?;
+            let allow = Allowlist::parse(cidrs)?;
+            if allow.networks().is_empty() {
+                anyhow::bail!("allow_cidrs is empty: no device could connect; list the networks devices connect from");
+            }
+            allow
+        };
+        eprintln!("accepting connections from {allow}");
         let options = ServerOptions {
             listen,
             tls_min: ctx.config.tls.min_version,
             limits: ctx.config.limits.clone(),
             workers: None,
             auth: ctx.config.auth.clone(),
+            device_days: ctx.config.pki.device_days,
+            allow,
         };
         raise_open_files(ctx.config.limits.max_connections);
+        // The database is open here, so no other server runs on this data directory: a
+        // socket file left by one that died is stale.
+        let admin_listener = crate::admin::socket::bind(&paths.data_dir)?;
+        if let Err(e) = vault.write_crl() {
+            eprintln!(
+                "warning: could not rewrite {}: {e}",
+                crate::app::pki::crl_path(&paths).display()
+            );
+        }
         let vault = Arc::new(vault);
         let server_vault = self.dev.then(|| vault.clone());
+        let admin_vault = vault.clone();
         let server = start(vault, options)?;
+        let endpoint = match &ctx.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.dev => base_url(server.addr()),
+            None => super::device::endpoint_on_port(ctx, server.addr().port())?,
+        };
+        let settings = crate::admin::Settings {
+            argon2: ctx.config.argon2.params(),
+            device_days: ctx.config.pki.device_days,
+            server_days: ctx.config.pki.server_days,
+            region: ctx.config.auth.region.clone(),
+            endpoint,
+        };
+        let reloader = server.reloader();
+        let admin_reloader = reloader.clone();
+        let _admin = admin_listener.serve(move |frame| {
+            crate::admin::serve_frame(&admin_vault, &settings, frame, &|answer| {
+                if matches!(answer, crate::admin::Response::ServerCert { .. }) {
+                    reload("admin command", &admin_reloader);
+                }
+            })
+        })?;
+        watch_signals(reloader)?;
         println!("coffer listening on {}", base_url(server.addr()));
         if self.dev {
             let vault = server_vault.as_ref().ok_or_else(|| anyhow::anyhow!("no vault"))?;

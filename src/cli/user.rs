@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::Context;
-use crate::app::principals::UserBody;
+use crate::admin::{Request, Response};
 use crate::app::unlock;
 use crate::model::Role;
-use crate::secret::Passphrase;
+use crate::secret::{Passphrase, SecretString};
 
 /// Shortest password accepted for a user.
 pub const MIN_PASSWORD_CHARS: usize = 12;
@@ -21,8 +21,8 @@ pub enum UserCmd {
     Add(AddCmd),
     /// List users.
     List,
-    /// Disable a user (with the server stopped, until the admin socket exists): all their
-    /// devices are refused from their first request once the server runs again.
+    /// Disable a user: their sessions end and all their devices are refused from their next
+    /// request.
     Disable {
         /// The user name.
         name: String,
@@ -41,12 +41,6 @@ pub enum UserCmd {
         /// The user name.
         name: String,
     },
-}
-
-fn find(vault: &crate::app::Vault, name: &str) -> anyhow::Result<crate::app::principals::UserInfo> {
-    vault
-        .user_by_name(name)?
-        .ok_or_else(|| anyhow::anyhow!("no user named {name:?} (see `coffer user list`)"))
 }
 
 /// A QR code of `text` for a terminal (dark modules as dark characters).
@@ -96,67 +90,45 @@ fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Passphrase> {
 
 impl UserCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
-        match self {
+        let request = match self {
             Self::Add(cmd) => {
                 let password = read_password(cmd.password_file.as_deref())?;
-                let params = ctx.config.argon2.params();
-                super::warn_if_weak(params);
-                let vault = ctx.open_vault()?;
-                let hash = params.hash_password(&password)?;
-                let user = vault.add_user(UserBody {
+                let password = std::str::from_utf8(password.expose())
+                    .map_err(|_| anyhow::anyhow!("the password must be UTF-8 text"))?
+                    .to_owned();
+                Request::UserAdd {
                     name: cmd.name,
                     role: cmd.role,
-                    password_hash: hash,
-                    disabled: false,
-                    totp: None,
-                })?;
-                println!("added {} ({}), id {}", user.body.name, user.body.role.as_str(), user.id);
+                    password: SecretString::new(password),
+                }
             }
-            Self::List => {
-                let vault = ctx.open_vault()?;
-                let mut users = vault.users()?;
-                users.sort_by(|a, b| a.body.name.cmp(&b.body.name));
+            Self::List => Request::UserList,
+            Self::Disable { name } => Request::UserDisable { name },
+            Self::Totp { name, disable } => Request::UserTotp { name, disable },
+            Self::Unlock { name } => Request::UserUnlock { name },
+        };
+        let name = match &request {
+            Request::UserTotp { name, .. } => name.clone(),
+            _ => String::new(),
+        };
+        match ctx.admin(request)? {
+            Response::User(u) => println!("added {} ({}), id {}", u.name, u.role.as_str(), u.id),
+            Response::Users(users) => {
                 println!("{:<24} {:<12} {:<9} id", "name", "role", "status");
                 for u in users {
-                    let status = if u.body.disabled { "disabled" } else { "active" };
-                    println!(
-                        "{:<24} {:<12} {:<9} {}",
-                        u.body.name,
-                        u.body.role.as_str(),
-                        status,
-                        u.id
-                    );
+                    let status = if u.disabled { "disabled" } else { "active" };
+                    println!("{:<24} {:<12} {:<9} {}", u.name, u.role.as_str(), status, u.id);
                 }
             }
-            Self::Disable { name } => {
-                let vault = ctx.open_vault()?;
-                let user = find(&vault, &name)?;
-                vault.update_user(user.id, |b| b.disabled = true)?;
-                println!(
-                    "disabled {name}: their sessions are ended and their devices refused from their next request \
-                     to a server started now"
-                );
+            Response::Totp(None) => println!("removed the second factor of {name}: logins need only the password"),
+            Response::Totp(Some(uri)) => {
+                println!("second factor enrolled for {name}; scan this with an authenticator app:");
+                println!("{}", qr_code(uri.expose())?);
+                println!("{}", uri.expose());
+                println!("(shown once; run this again to replace it, or with --disable to remove it)");
             }
-            Self::Totp { name, disable } => {
-                let vault = ctx.open_vault()?;
-                let user = find(&vault, &name)?;
-                match vault.set_totp(user.id, !disable)? {
-                    None => println!("removed the second factor of {name}: logins need only the password"),
-                    Some(seed) => {
-                        let uri = crate::crypto::totp::otpauth_uri("coffer", &name, seed.expose());
-                        println!("second factor enrolled for {name}; scan this with an authenticator app:");
-                        println!("{}", qr_code(&uri)?);
-                        println!("{uri}");
-                        println!("(shown once; run this again to replace it, or with --disable to remove it)");
-                    }
-                }
-            }
-            Self::Unlock { name } => {
-                let vault = ctx.open_vault()?;
-                let user = find(&vault, &name)?;
-                vault.unlock_user(user.id)?;
-                println!("cleared the failed logins of {name}");
-            }
+            Response::Done(text) => println!("{text}"),
+            other => anyhow::bail!("unexpected answer from the server: {other:?}"),
         }
         Ok(())
     }

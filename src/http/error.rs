@@ -57,6 +57,12 @@ pub enum Reason {
     TooManyAuthFailures,
     /// Too many writes (or logins) from this device recently.
     TooManyWrites,
+    /// The enrolment code is unknown, already used or expired (one reason for all three).
+    EnrolmentCodeInvalid,
+    /// The CSR is malformed, its signature does not verify, or its key is not ECDSA P-256.
+    CsrInvalid,
+    /// Too many enrolment attempts from this address; retry after `Retry-After`.
+    TooManyEnrolments,
     /// The caller's role may not use this endpoint.
     RoleNotPermitted,
     /// The caller may see the object but not change it.
@@ -100,7 +106,10 @@ impl Reason {
             | Self::SessionRequired
             | Self::SessionInvalid
             | Self::LoginFailed
-            | Self::TotpRequired => StatusCode::UNAUTHORIZED,
+            | Self::TotpRequired
+            | Self::EnrolmentCodeInvalid => StatusCode::UNAUTHORIZED,
+            Self::CsrInvalid => StatusCode::BAD_REQUEST,
+            Self::TooManyEnrolments => StatusCode::TOO_MANY_REQUESTS,
             Self::Replayed => StatusCode::CONFLICT,
             Self::PayloadHashMismatch => StatusCode::BAD_REQUEST,
             Self::AccountLocked | Self::TooManyAuthFailures | Self::TooManyWrites => StatusCode::TOO_MANY_REQUESTS,
@@ -140,6 +149,9 @@ impl Reason {
             Self::AccountLocked => "account-locked",
             Self::TooManyAuthFailures => "too-many-auth-failures",
             Self::TooManyWrites => "too-many-writes",
+            Self::EnrolmentCodeInvalid => "enrolment-code-invalid",
+            Self::CsrInvalid => "csr-invalid",
+            Self::TooManyEnrolments => "too-many-enrolments",
             Self::RoleNotPermitted => "role-not-permitted",
             Self::NotPermitted => "not-permitted",
             Self::NotFound => "not-found",
@@ -179,6 +191,8 @@ impl Reason {
                 | Self::LoginFailed
                 | Self::AccountLocked
                 | Self::TooManyAuthFailures
+                | Self::EnrolmentCodeInvalid
+                | Self::TooManyEnrolments
                 | Self::PayloadTooLarge
                 | Self::RequestTimeout
         )
@@ -207,6 +221,9 @@ impl Reason {
             Self::AccountLocked => "The account is locked",
             Self::TooManyAuthFailures => "Too many failed authentications",
             Self::TooManyWrites => "Too many writes from this device",
+            Self::EnrolmentCodeInvalid => "The enrolment code is not valid",
+            Self::CsrInvalid => "The certificate signing request is not acceptable",
+            Self::TooManyEnrolments => "Too many enrolment attempts",
             Self::RoleNotPermitted => "This role may not use this endpoint",
             Self::NotPermitted => "Not permitted",
             Self::NotFound => "Not found",

@@ -1,19 +1,21 @@
 //! The HTTPS API: actix-web over rustls with client certificates. Thin over [`crate::app`]:
 //! handlers parse, authorise and map errors; the vault does the work.
 
+pub mod allowlist;
 pub mod auth;
 pub mod error;
 pub mod limits;
 pub mod ratelimit;
 pub mod replay;
 mod routes;
+pub use routes::rfc3339;
 pub mod tls;
 pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 
 use crate::app::Vault;
 use crate::app::pki::PkiFileError;
@@ -32,6 +34,11 @@ pub struct ServerOptions {
     pub workers: Option<usize>,
     /// Signatures, sessions, lockout and failure budgets (`[auth]` of the configuration).
     pub auth: AuthConfig,
+    /// Validity of device certificates issued at enrolment, days (`pki.device_days`).
+    pub device_days: u32,
+    /// Addresses connections are accepted from (`allow_cidrs`); others are closed before
+    /// the TLS handshake.
+    pub allow: allowlist::Allowlist,
 }
 
 /// Shared by every handler.
@@ -46,6 +53,8 @@ pub struct State {
     pub auth: auth::AuthSettings,
     /// Authentication-failure budgets.
     pub limiter: ratelimit::AuthLimiter,
+    /// Enrolment attempts per address.
+    pub enrolments: ratelimit::AttemptLimiter,
     /// Signatures of accepted writes.
     pub replay: replay::ReplayGuard,
     /// Bounds the password verifications (argon2id) in flight.
@@ -149,12 +158,47 @@ pub struct RunningServer {
     not_before: i64,
     handle: actix_web::dev::ServerHandle,
     thread: std::thread::JoinHandle<std::io::Result<()>>,
+    reloader: TlsReloader,
+    refusals: Arc<allowlist::Refusals>,
+}
+
+/// Reloads the server certificate (from `keys/server.crt` and the server key in the
+/// database) into a running server; handshakes from then on use it.
+#[derive(Clone, Debug)]
+pub struct TlsReloader {
+    vault: Arc<Vault>,
+    cert: Arc<tls::ServerCert>,
+}
+
+impl TlsReloader {
+    /// Loads the current server certificate and key; on error the old ones stay in use.
+    pub fn reload(&self) -> Result<crate::pki::CertInfo, ServeError> {
+        let (cert, key) = self.vault.server_identity()?;
+        let info = crate::pki::cert_info(&cert, "server.crt").map_err(PkiFileError::from)?;
+        self.cert.replace(cert, &key)?;
+        Ok(info)
+    }
+
+    /// Rewrites `keys/crl.pem` (the server does so daily, so it never goes stale).
+    pub fn rewrite_crl(&self) -> Result<usize, ServeError> {
+        Ok(self.vault.write_crl()?)
+    }
 }
 
 impl RunningServer {
     /// The address actually listened on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A handle that reloads the server certificate.
+    pub fn reloader(&self) -> TlsReloader {
+        self.reloader.clone()
+    }
+
+    /// Connections closed by the allowlist since the start.
+    pub fn refused_connections(&self) -> u64 {
+        self.refusals.total()
     }
 
     /// The first Unix second whose signatures the server accepts (for writes, add
@@ -180,11 +224,19 @@ impl RunningServer {
 }
 
 /// Starts the HTTPS server for `vault` on its own thread and returns once it listens.
+///
+/// The pipeline per connection: the allowlist (a refused address is closed before any
+/// TLS byte), the TLS handshake (actix-tls, 3 s bound), then HTTP/1.1.
 pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer, ServeError> {
     let ca_der = crate::app::pki::read_cert(&crate::app::pki::ca_cert_path(vault.paths()), "ca.crt")?;
     let (server_cert, server_key) = vault.server_identity()?;
-    let tls = tls::server_config(&ca_der, server_cert, &server_key, options.tls_min)?;
+    let cert = Arc::new(tls::ServerCert::new(server_cert, &server_key, options.tls_min)?);
     drop(server_key);
+    let tls = tls::server_config(&ca_der, cert.clone(), options.tls_min)?;
+    let reloader = TlsReloader {
+        vault: vault.clone(),
+        cert,
+    };
     let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Bind {
         addr: options.listen,
         source,
@@ -217,6 +269,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             max_future_write_secs: i64::from(a.max_future_write_secs),
         },
         limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
+        enrolments: ratelimit::AttemptLimiter::new(a.enrolments_per_ip_per_minute),
         replay: replay::ReplayGuard::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
         logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
@@ -225,12 +278,20 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         options: options.clone(),
     });
     let not_before = state.auth.not_before;
+    let allow = Arc::new(options.allow.clone());
+    let refusals = Arc::new(allowlist::Refusals::default());
+    let pipeline_refusals = refusals.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
-            let server = HttpServer::new(move || {
-                App::new()
-                    .app_data(state.clone())
+            let factory = move || {
+                use actix_service::{ServiceFactoryExt as _, fn_service, map_config};
+                let state = state.clone();
+                let watchdog = watchdog.clone();
+                let allow = allow.clone();
+                let refusals = pipeline_refusals.clone();
+                let app = App::new()
+                    .app_data(state)
                     // A request starting and ending is activity for the watchdog.
                     .wrap_fn(|req, srv| {
                         let activity = req.conn_data::<watchdog::ConnActivity>().map(|c| c.activity.clone());
@@ -246,27 +307,54 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                             res
                         }
                     })
-                    .configure(configure)
-            })
-            .on_connect(move |conn, ext| {
-                auth::on_connect(conn, ext);
-                type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
-                if let Some(tls) = conn.downcast_ref::<Tls>()
-                    && let Some(watched) = watchdog.watch(tls.get_ref().0)
-                {
-                    ext.insert(watched);
-                }
-            })
-            .workers(workers)
-            // Nagle would hold back the last segment of a streamed body until the
-            // client's delayed ACK (~40 ms per download).
-            .tcp_nodelay(true)
-            .max_connections(per_worker)
-            // Headers of a connection's first request (the TLS handshake has actix-tls's
-            // own 3 s bound); stalled bodies and connections: see `watchdog`.
-            .client_request_timeout(header_timeout)
-            .client_disconnect_timeout(std::time::Duration::from_secs(1));
-            let server = match server.listen_rustls_0_23(listener, tls) {
+                    .configure(configure);
+                let http = actix_http::HttpService::build()
+                    // Nagle would hold back the last segment of a streamed body until the
+                    // client's delayed ACK (~40 ms per download).
+                    .tcp_nodelay(true)
+                    // Headers of a connection's first request (the TLS handshake has
+                    // actix-tls's own 3 s bound); stalled bodies and connections: see
+                    // `watchdog`.
+                    .client_request_timeout(header_timeout)
+                    .client_disconnect_timeout(std::time::Duration::from_secs(1))
+                    .on_connect_ext(move |io: &TlsStream, ext| {
+                        auth::on_connect(io, ext);
+                        if let Some(watched) = watchdog.watch(io.get_ref().0) {
+                            ext.insert(watched);
+                        }
+                    })
+                    // Handlers read the peer address from the request, never the
+                    // `AppConfig` (whose `secure` and host are defaults here).
+                    .finish(map_config(app, |()| actix_web::dev::AppConfig::default()))
+                    .rustls_0_23(tls.clone());
+                // The allowlist, before the handshake: a refused connection is dropped
+                // (closed) without a byte written.
+                fn_service(move |io: actix_web::rt::net::TcpStream| {
+                    let allowed = match io.peer_addr() {
+                        Ok(peer) if allow.allows(peer.ip()) => true,
+                        Ok(peer) => {
+                            refusals.record(peer.ip());
+                            false
+                        }
+                        Err(_) => false,
+                    };
+                    async move {
+                        if allowed {
+                            Ok(io)
+                        } else {
+                            Err(actix_tls::accept::TlsError::Tls(std::io::Error::other(
+                                "address not in allow_cidrs",
+                            )))
+                        }
+                    }
+                })
+                .and_then(http)
+            };
+            let server = actix_server::Server::build()
+                .workers(workers)
+                .max_concurrent_connections(per_worker)
+                .listen("coffer-https", listener, factory);
+            let server = match server {
                 Ok(s) => s.run(),
                 Err(e) => {
                     let _ = tx.send(None);
@@ -283,6 +371,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             handle,
             thread,
             not_before,
+            reloader,
+            refusals,
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e.into()),
@@ -290,3 +380,6 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         },
     }
 }
+
+/// A TLS connection as the HTTP layer sees it.
+type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;

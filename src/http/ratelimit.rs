@@ -90,6 +90,35 @@ fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A budget of attempts per source address (every attempt counts, not only failures),
+/// for the one route reachable without a client certificate: enrolment.
+#[derive(Debug)]
+pub struct AttemptLimiter {
+    ips: Mutex<Buckets<IpAddr>>,
+}
+
+impl AttemptLimiter {
+    /// `per_minute` attempts per address (burst and refill; IPv6 per /64).
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            ips: Mutex::new(Buckets::new(per_minute)),
+        }
+    }
+
+    /// Spends one attempt of `ip`'s budget, or `Err(seconds to wait)` when it is empty.
+    pub fn attempt(&self, ip: Option<IpAddr>) -> Result<(), u64> {
+        // Without a peer address (never over TCP) everyone shares one budget.
+        let key = ip.map_or(IpAddr::from([0, 0, 0, 0]), ip_key);
+        let now = Instant::now();
+        let mut ips = self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ips.tokens(&key, now) < 1.0 {
+            return Err(ips.wait_secs(&key, now));
+        }
+        ips.spend(key, now);
+        Ok(())
+    }
+}
+
 /// Failure budgets for devices and source addresses.
 #[derive(Debug)]
 pub struct AuthLimiter {

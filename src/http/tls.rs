@@ -1,10 +1,13 @@
 //! The TLS listener's configuration: rustls with the ring provider, TLS 1.3 only unless
 //! the config opts into 1.2 (then ECDHE key exchange with AEAD suites only), client
-//! certificates verified against coffer's CA, and no session resumption.
+//! certificates verified against coffer's CA (optional at the handshake, required by every
+//! route but enrolment), a server certificate that can be replaced live, and no session
+//! resumption.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -36,34 +39,85 @@ pub fn provider(min: TlsVersion) -> rustls::crypto::CryptoProvider {
     provider
 }
 
-/// Builds the server configuration. Every connection must present a client certificate
-/// that chains to the CA and is within its validity dates, or the handshake fails: until
-/// an endpoint exists that needs no certificate (enrolment), a client without one gets
-/// nothing but a failed handshake, bounded by actix-tls's 3 s handshake timeout.
-pub fn server_config(
-    ca_der: &[u8],
-    server_cert_der: Vec<u8>,
-    server_key: &KeyDer,
-    min: TlsVersion,
-) -> Result<ServerConfig, TlsError> {
+/// The server's certificate and key, replaceable while the server runs (`SIGHUP`, server
+/// key rotation): connections already open keep their session, new handshakes get the
+/// new certificate.
+pub struct ServerCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for ServerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCert([key elided])")
+    }
+}
+
+impl ServerCert {
+    /// Loads `cert_der` with its private key.
+    pub fn new(cert_der: Vec<u8>, key: &KeyDer, min: TlsVersion) -> Result<Self, TlsError> {
+        let provider = Arc::new(provider(min));
+        let certified = certified(&provider, cert_der, key)?;
+        Ok(Self {
+            provider,
+            current: RwLock::new(certified),
+        })
+    }
+
+    /// Replaces the certificate and key for every handshake from now on.
+    pub fn replace(&self, cert_der: Vec<u8>, key: &KeyDer) -> Result<(), TlsError> {
+        let certified = certified(&self.provider, cert_der, key)?;
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = certified;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn certified(
+    provider: &rustls::crypto::CryptoProvider,
+    cert_der: Vec<u8>,
+    key: &KeyDer,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.expose().to_vec()));
+    let certified = CertifiedKey::from_der(vec![CertificateDer::from(cert_der)], key, provider)
+        .map_err(|e| TlsError(format!("the server certificate or key: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Builds the server configuration. A client certificate, when presented, must chain to
+/// the CA and be within its validity dates, or the handshake fails; a client without one
+/// completes the handshake but reaches nothing except enrolment (`POST /v1/enroll`): every
+/// other route refuses it (see `auth::identify`).
+pub fn server_config(ca_der: &[u8], cert: Arc<ServerCert>, min: TlsVersion) -> Result<ServerConfig, TlsError> {
     let err = |e: &dyn std::fmt::Display| TlsError(e.to_string());
-    let provider = Arc::new(provider(min));
+    let provider = cert.provider.clone();
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(ca_der.to_vec())).map_err(|e| err(&e))?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| err(&e))?;
     let versions: &[&rustls::SupportedProtocolVersion] = match min {
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.expose().to_vec()));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| err(&e))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![CertificateDer::from(server_cert_der)], key)
-        .map_err(|e| err(&e))?;
+        .with_cert_resolver(cert);
     // Resumption would skip the client-certificate verifier: every connection makes a
     // full handshake. (The per-request device check is authoritative anyway.)
     config.session_storage = Arc::new(NoServerSessionStorage {});

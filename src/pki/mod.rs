@@ -47,6 +47,9 @@ pub enum PkiError {
     /// PKCS#12 encoding failed.
     #[error("cannot build the PKCS#12 bundle: {0}")]
     Pkcs12(String),
+    /// A certificate signing request is malformed, badly signed, or for a refused key.
+    #[error("{0}")]
+    Csr(String),
 }
 
 /// A private key as PKCS#8 DER, zeroized on drop.
@@ -200,6 +203,97 @@ impl Ca {
     }
 }
 
+/// Largest CSR accepted (PEM text); a P-256 CSR is under 1 KiB.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// OID of `id-ecPublicKey`.
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+/// OID of the P-256 curve (`prime256v1`).
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+
+/// The public key (DER SubjectPublicKeyInfo) of a PKCS#10 certificate signing request
+/// (PEM), after checking the request's self-signature and that the key is ECDSA P-256 (what
+/// the Secure Enclave and Android Keystore make). Nothing else is taken from the request:
+/// subject, names and extensions of the certificate are the CA's choice.
+pub fn csr_public_key(pem: &str) -> Result<Vec<u8>, PkiError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    let bad = |why: &str| PkiError::Csr(why.to_owned());
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(bad("the CSR is too large (at most 16 KiB of PEM)"));
+    }
+    let der = from_pem(pem, "CERTIFICATE REQUEST", "the CSR")
+        .or_else(|_| from_pem(pem, "NEW CERTIFICATE REQUEST", "the CSR"))
+        .map_err(|_| bad("the CSR is not a PEM \"CERTIFICATE REQUEST\" block"))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(&der).map_err(|_| bad("the CSR is not a valid PKCS#10 request"))?;
+    if !rest.is_empty() {
+        return Err(bad("the CSR has trailing bytes"));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let algorithm = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    if algorithm != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
+        let what = match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => format!("an RSA-{} key", rsa.key_size()),
+            Ok(x509_parser::public_key::PublicKey::EC(_)) => "an elliptic-curve key on another curve".to_owned(),
+            _ => format!("a key of algorithm {algorithm}"),
+        };
+        return Err(PkiError::Csr(format!(
+            "the CSR is for {what}: coffer accepts ECDSA P-256 keys only (Secure Enclave, Android Keystore)"
+        )));
+    }
+    csr.verify_signature()
+        .map_err(|_| bad("the CSR's signature does not verify with its own key"))?;
+    Ok(spki.raw.to_vec())
+}
+
+/// A certificate listed in a CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// Its serial number (big-endian bytes).
+    pub serial: Vec<u8>,
+    /// When it was revoked, seconds since the epoch.
+    pub at: i64,
+}
+
+/// How long a CRL is valid: the server rewrites it on every revocation and once a day.
+pub const CRL_DAYS: i64 = 7;
+
+impl Ca {
+    /// A CRL (DER) listing `revoked`, numbered `number` (must grow with each CRL).
+    pub fn crl(&self, revoked: &[Revoked], number: u64) -> Result<Vec<u8>, PkiError> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + time::Duration::days(CRL_DAYS),
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: time::OffsetDateTime::from_unix_timestamp(r.at).unwrap_or(now),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+}
+
+/// DER → PEM `X509 CRL`.
+pub fn crl_pem(der: &[u8]) -> String {
+    pem_block("X509 CRL", der)
+}
+
 /// A subject alternative name of the server certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum San {
@@ -275,6 +369,8 @@ pub struct CertInfo {
     pub spki: Vec<u8>,
     /// Subject alternative names (servers).
     pub sans: Vec<San>,
+    /// The serial number (big-endian bytes, as in the certificate).
+    pub serial: Vec<u8>,
 }
 
 /// Parses a DER certificate.
@@ -303,6 +399,7 @@ pub fn cert_info(der: &[u8], what: &'static str) -> Result<CertInfo, PkiError> {
         not_after: cert.validity().not_after.timestamp(),
         spki: cert.public_key().raw.to_vec(),
         sans,
+        serial: cert.raw_serial().to_vec(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Devices. The name, certificate thumbprint and revoked flag are sealed; the thumbprint is
 //! found through a keyed hash. Owner and expiry stay in clear (an owner id and a timestamp).
 
-use redb::{Durability, ReadableTable};
+use redb::{Durability, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
@@ -59,18 +59,7 @@ impl Store {
         thumbprint_index: [u8; 32],
     ) -> Result<(), StoreError> {
         let txn = self.write(Durability::Immediate)?;
-        {
-            let mut names = txn.open_table(DEVICE_THUMBPRINTS)?;
-            if names.get(thumbprint_index)?.is_some() {
-                return Err(StoreError::Conflict("a device with this certificate"));
-            }
-            let mut devices = txn.open_table(DEVICES)?;
-            if devices.get(id.0)?.is_some() {
-                return Err(StoreError::Conflict("a device with this id"));
-            }
-            names.insert(thumbprint_index, id.0)?;
-            devices.insert(id.0, device.encode()?.as_slice())?;
-        }
+        insert_device_in(&txn, id, device, thumbprint_index)?;
         txn.commit()?;
         Ok(())
     }
@@ -84,23 +73,74 @@ impl Store {
         change: impl FnOnce(StoredDevice) -> Result<(StoredDevice, Option<Reindex>), E>,
     ) -> Result<(), E> {
         let txn = self.write(Durability::Immediate)?;
-        {
-            let mut table = txn.open_table(DEVICES).map_err(StoreError::from)?;
-            let old = match table.get(id.0).map_err(StoreError::from)? {
-                Some(g) => StoredDevice::decode(g.value())?,
-                None => return Err(StoreError::NotFound("device").into()),
-            };
-            let (new, reindex) = change(old)?;
-            table.insert(id.0, new.encode()?.as_slice()).map_err(StoreError::from)?;
-            if let Some(Reindex { old, new }) = reindex {
-                let mut index = txn.open_table(DEVICE_THUMBPRINTS).map_err(StoreError::from)?;
-                index.remove(old).map_err(StoreError::from)?;
-                index.insert(new, id.0).map_err(StoreError::from)?;
-            }
-        }
+        update_device_in(&txn, id, change)?;
         txn.commit().map_err(StoreError::from)?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Runs `f` in one durable write transaction (for changes of devices made with
+    /// [`insert_device_in`] and [`update_device_in`]); an error aborts it.
+    pub fn update_devices_with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let txn = self.write(Durability::Immediate)?;
+        let out = f(&txn)?;
+        txn.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+}
+
+/// [`Store::insert_device`] inside a write transaction.
+pub fn insert_device_in(
+    txn: &WriteTransaction,
+    id: DeviceId,
+    device: &StoredDevice,
+    thumbprint_index: [u8; 32],
+) -> Result<(), StoreError> {
+    let mut names = txn.open_table(DEVICE_THUMBPRINTS)?;
+    if names.get(thumbprint_index)?.is_some() {
+        return Err(StoreError::Conflict("a device with this certificate"));
+    }
+    let mut devices = txn.open_table(DEVICES)?;
+    if devices.get(id.0)?.is_some() {
+        return Err(StoreError::Conflict("a device with this id"));
+    }
+    names.insert(thumbprint_index, id.0)?;
+    devices.insert(id.0, device.encode()?.as_slice())?;
+    Ok(())
+}
+
+/// [`Store::update_device`] inside a write transaction. The index move may also change the
+/// thumbprint (a renewed certificate); a new entry that already names another device is a
+/// conflict.
+pub fn update_device_in<E: From<StoreError>>(
+    txn: &WriteTransaction,
+    id: DeviceId,
+    change: impl FnOnce(StoredDevice) -> Result<(StoredDevice, Option<Reindex>), E>,
+) -> Result<(), E> {
+    let mut table = txn.open_table(DEVICES).map_err(StoreError::from)?;
+    let old = match table.get(id.0).map_err(StoreError::from)? {
+        Some(g) => StoredDevice::decode(g.value())?,
+        None => return Err(StoreError::NotFound("device").into()),
+    };
+    let (new, reindex) = change(old)?;
+    table.insert(id.0, new.encode()?.as_slice()).map_err(StoreError::from)?;
+    if let Some(Reindex { old, new }) = reindex {
+        let mut index = txn.open_table(DEVICE_THUMBPRINTS).map_err(StoreError::from)?;
+        index.remove(old).map_err(StoreError::from)?;
+        if index
+            .get(new)
+            .map_err(StoreError::from)?
+            .is_some_and(|g| g.value() != id.0)
+        {
+            return Err(StoreError::Conflict("a device with this certificate").into());
+        }
+        index.insert(new, id.0).map_err(StoreError::from)?;
+    }
+    Ok(())
 }
 
 impl Snapshot {

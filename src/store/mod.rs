@@ -4,6 +4,7 @@
 mod codec;
 mod devices;
 mod documents;
+mod enrolments;
 mod secrets;
 mod sessions;
 mod tables;
@@ -17,8 +18,9 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-pub use devices::{DeviceRecord, StoredDevice};
+pub use devices::{DeviceRecord, StoredDevice, insert_device_in, update_device_in};
 pub use documents::{DocumentRecord, StoredDocument};
+pub use enrolments::StoredEnrolment;
 pub use secrets::{SecretRecord, StoredSecret};
 pub use sessions::{LoginState, SessionRecord, StoredSession};
 pub use tables::SCHEMA_VERSION;
@@ -26,8 +28,8 @@ pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
 use tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING, USER_NAMES,
-    USERS,
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING,
+    USER_NAMES, USERS,
 };
 
 /// META keys marking retired master key versions: `key_retired:<version>`.
@@ -177,6 +179,7 @@ impl Store {
             txn.open_table(SECRETS)?;
             txn.open_table(SESSIONS)?;
             txn.open_table(LOGINS)?;
+            txn.open_table(ENROLMENTS)?;
         }
         txn.commit()?;
         Ok(Self { db: db.into() })
@@ -235,7 +238,10 @@ impl Store {
             }
         }
         let read = self.db.begin_read()?;
-        let todo = missing(&read, SECRETS)? || missing(&read, SESSIONS)? || missing(&read, LOGINS)?;
+        let todo = missing(&read, SECRETS)?
+            || missing(&read, SESSIONS)?
+            || missing(&read, LOGINS)?
+            || missing(&read, ENROLMENTS)?;
         drop(read);
         if !todo {
             return Ok(());
@@ -244,6 +250,7 @@ impl Store {
         txn.open_table(SECRETS)?;
         txn.open_table(SESSIONS)?;
         txn.open_table(LOGINS)?;
+        txn.open_table(ENROLMENTS)?;
         txn.commit()?;
         Ok(())
     }

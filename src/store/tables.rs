@@ -30,3 +30,5 @@ pub const SECRETS: TableDefinition<u128, &[u8]> = TableDefinition::new("secrets"
 pub const SESSIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("sessions");
 /// Login state by user id: postcard `LoginRecord` (failure count, lock time, last TOTP step).
 pub const LOGINS: TableDefinition<u128, &[u8]> = TableDefinition::new("logins");
+/// Enrolment codes by SHA-256 of the code: postcard `EnrolmentRecord` (ids and times).
+pub const ENROLMENTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("enrolments");

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
 use super::tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, LOGINS, META, SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, LOGINS, META, SECRETS, SESSIONS, STAGING, USER_NAMES,
+    USERS,
 };
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
@@ -93,6 +94,7 @@ impl Store {
             copy_table(&src, &dst, SECRETS)?;
             copy_table(&src, &dst, SESSIONS)?;
             copy_table(&src, &dst, LOGINS)?;
+            copy_table(&src, &dst, ENROLMENTS)?;
         }
         // One durable commit makes every batch before it durable.
         let mut txn = dst.begin_write()?;

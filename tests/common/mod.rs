@@ -245,6 +245,9 @@ pub fn add_device(vault: &Vault, owner: UserId, name: &str, thumbprint: [u8; 32]
                 thumbprint,
                 revoked: false,
                 signing_secret: None,
+                serial: None,
+                revoked_at: None,
+                retired: Vec::new(),
             },
             expires,
         )

@@ -38,6 +38,8 @@ pub fn test_options() -> ServerOptions {
             max_future_write_secs: 0,
             ..coffer::config::AuthConfig::default()
         },
+        device_days: 365,
+        allow: coffer::http::allowlist::Allowlist::loopback(),
     }
 }
 

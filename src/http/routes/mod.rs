@@ -1,6 +1,7 @@
 //! All routes, registered in one place.
 
 mod documents;
+mod enroll;
 mod session;
 
 use actix_web::error::JsonPayloadError;
@@ -29,6 +30,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| Problem::detail(Reason::InvalidRequest, format!("invalid query: {e}")).into()),
     )
     .app_data(web::PathConfig::default().error_handler(|_, _| Problem::new(Reason::NotFound).into()))
+    .service(
+        web::resource("/v1/enroll")
+            .route(web::post().to(enroll::enroll))
+            // Other methods: the client-certificate check answers first, like anywhere.
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "POST"))),
+    )
     .service(
         web::resource("/v1/session")
             .route(web::post().to(session::login))
