@@ -95,6 +95,11 @@ pub fn start_server() -> TestServer {
 /// Starts a server with the given options (the listen address is forced to
 /// `127.0.0.1:0`).
 pub fn start_server_with(options: ServerOptions) -> TestServer {
+    start_server_on("127.0.0.1:0".parse().expect("address"), options)
+}
+
+/// Starts a server with the given options on `listen` (e.g. `[::1]:0`).
+pub fn start_server_on(listen: SocketAddr, options: ServerOptions) -> TestServer {
     let dirs = empty_dirs();
     init_with_pki(
         &dirs.paths,
@@ -111,10 +116,7 @@ pub fn start_server_with(options: ServerOptions) -> TestServer {
     let (vault, _) = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default()).expect("open vault");
     let vault = Arc::new(vault);
     let ca_pem = std::fs::read_to_string(coffer::app::pki::ca_cert_path(&dirs.paths)).expect("read ca.crt");
-    let options = ServerOptions {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        ..options
-    };
+    let options = ServerOptions { listen, ..options };
     let server = coffer::http::start(vault.clone(), options).expect("start the server");
     // Requests signed in the second the server started are refused (replay protection
     // across restarts): wait for the next second.
@@ -131,6 +133,11 @@ pub fn start_server_with(options: ServerOptions) -> TestServer {
 }
 
 impl TestServer {
+    /// The running server (e.g. for its count of connections the allowlist refused).
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("the server runs")
+    }
+
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
