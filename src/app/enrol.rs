@@ -187,9 +187,13 @@ impl Vault {
         let now = Timestamp::now();
         let mut renewed = None;
         let device = self.store.consume_enrolment(code_hash(&canonical), now, |txn, e| {
-            let owner = self.user(e.user)?;
-            if owner.body.disabled {
-                return Err(EnrolError::CodeInvalid);
+            // A code whose user was removed or disabled since is as good as expired.
+            match self.user(e.user) {
+                Ok(owner) if !owner.body.disabled => {}
+                Ok(_) | Err(VaultError::NotFound(_) | VaultError::Store(StoreError::NotFound(_))) => {
+                    return Err(EnrolError::CodeInvalid);
+                }
+                Err(e) => return Err(e.into()),
             }
             match e.device {
                 None => {
@@ -219,8 +223,8 @@ impl Vault {
         })?;
         let (device, cert_der) = device;
         if let Some(id) = renewed {
-            self.end_device_sessions(id)?;
-            self.write_crl()?;
+            // Committed: the caller must get its certificate even if this cleanup fails.
+            self.after_renewal(id);
         }
         Ok(Enrolled {
             device,
@@ -245,14 +249,25 @@ impl Vault {
             Ok::<_, EnrolError>(())
         })?;
         let (device, cert_der) = out.ok_or(EnrolError::Pki(PkiFileError::Vault(VaultError::NotFound("device"))))?;
-        self.end_device_sessions(id)?;
-        self.write_crl()?;
+        self.after_renewal(id);
         Ok(IssuedDevice {
             device,
             cert_der,
             key,
             ca_der: ca.cert_der().to_vec(),
         })
+    }
+
+    /// After a renewal's commit: ends the device's sessions (made with the old certificate)
+    /// and lists the old certificate in the CRL. Failures are logged, not returned: the
+    /// renewal stands, sessions also end at their expiry, and the CRL is rewritten daily.
+    fn after_renewal(&self, id: DeviceId) {
+        if let Err(e) = self.end_device_sessions(id) {
+            eprintln!("warning: device {id} was renewed but its sessions could not be ended: {e}");
+        }
+        if let Err(e) = self.write_crl() {
+            eprintln!("warning: device {id} was renewed but the CRL could not be rewritten: {e}");
+        }
     }
 
     /// Renews device `id` inside `txn`: a certificate for `spki`, the old serial retired,
