@@ -444,6 +444,7 @@ impl Vault {
         body: &DeviceBody,
         expires: Timestamp,
     ) -> Result<(StoredDevice, Option<Reindex>), VaultError> {
+        check_device_name(&body.name)?;
         let (key_version, wrapped_dek, sealed) = self.seal_body(
             Purpose::Device,
             id.0,
