@@ -101,6 +101,8 @@ pub struct Limits {
     pub max_page_size: u32,
     /// Most open connections (TLS handshakes included) over all workers.
     pub max_connections: u32,
+    /// Most open connections from one address (IPv6: one /64); more are closed before TLS.
+    pub max_connections_per_ip: u32,
     /// Most uploads in progress at once, over all devices.
     pub max_uploads: u32,
     /// Most downloads and listings in progress at once, over all devices.
@@ -119,6 +121,7 @@ impl Default for Limits {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_page_size: 500,
             max_connections: 1024,
+            max_connections_per_ip: 128,
             max_uploads: 32,
             max_downloads: 64,
             max_transfers_per_device: 6,
@@ -288,6 +291,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_MAX_UPLOAD_BYTES", "limits.max_upload_bytes"),
     ("COFFER_MAX_PAGE_SIZE", "limits.max_page_size"),
     ("COFFER_MAX_CONNECTIONS", "limits.max_connections"),
+    ("COFFER_MAX_CONNECTIONS_PER_IP", "limits.max_connections_per_ip"),
     ("COFFER_MAX_UPLOADS", "limits.max_uploads"),
     ("COFFER_MAX_DOWNLOADS", "limits.max_downloads"),
     ("COFFER_MAX_TRANSFERS_PER_DEVICE", "limits.max_transfers_per_device"),
@@ -393,6 +397,7 @@ impl Config {
                 "COFFER_MAX_UPLOAD_BYTES" => self.limits.max_upload_bytes = parse(name, &value)?,
                 "COFFER_MAX_PAGE_SIZE" => self.limits.max_page_size = parse(name, &value)?,
                 "COFFER_MAX_CONNECTIONS" => self.limits.max_connections = parse(name, &value)?,
+                "COFFER_MAX_CONNECTIONS_PER_IP" => self.limits.max_connections_per_ip = parse(name, &value)?,
                 "COFFER_MAX_UPLOADS" => self.limits.max_uploads = parse(name, &value)?,
                 "COFFER_MAX_DOWNLOADS" => self.limits.max_downloads = parse(name, &value)?,
                 "COFFER_MAX_TRANSFERS_PER_DEVICE" => self.limits.max_transfers_per_device = parse(name, &value)?,
@@ -454,6 +459,9 @@ impl Config {
         let l = &self.limits;
         if !(1..=1_000_000).contains(&l.max_connections) {
             return invalid("limits.max_connections", "must be 1 to 1000000");
+        }
+        if !(1..=l.max_connections).contains(&l.max_connections_per_ip) {
+            return invalid("limits.max_connections_per_ip", "must be 1 to limits.max_connections");
         }
         if !(1..=10_000).contains(&l.max_uploads) {
             return invalid("limits.max_uploads", "must be 1 to 10000");

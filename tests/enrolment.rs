@@ -635,7 +635,7 @@ fn a_code_is_accepted_however_it_is_spelled() {
 }
 
 #[test]
-fn a_code_of_a_user_disabled_since_is_refused_and_kept() {
+fn a_code_of_a_user_disabled_since_is_removed_with_the_user() {
     let server = start_server();
     let anna = server.add_member("anna");
     let code = new_code(&server, anna.id);
@@ -650,12 +650,18 @@ fn a_code_of_a_user_disabled_since_is_refused_and_kept() {
         "enrolment-code-invalid",
     );
     assert_eq!(device_count(&server), 0);
-    assert_eq!(unused_codes(&server), 1, "the refusal consumed the code");
+    assert_eq!(unused_codes(&server), 0, "disabling the user left its code");
+    // Re-enabling the user does not revive the code.
     server
         .vault()
         .update_user(anna.id, |b| b.disabled = false)
         .expect("enable anna");
-    enrolled(&post_enroll(&server, &code, &csr.pem, "phone"), &csr);
+    assert_problem(
+        &post_enroll(&server, &code, &csr.pem, "phone"),
+        401,
+        "enrolment-code-invalid",
+    );
+    assert_eq!(device_count(&server), 0);
 }
 
 #[test]

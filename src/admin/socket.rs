@@ -24,6 +24,8 @@ use zeroize::Zeroize;
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
+/// Longest socket path a Unix socket address holds (108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 /// Largest payload of one frame, in either direction.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// How long the server waits for a complete request frame (and for each write of a response).
@@ -59,6 +61,12 @@ pub enum SocketError {
     /// Creating the socket failed.
     #[error("cannot create the admin socket {0}: {1}")]
     Bind(PathBuf, #[source] io::Error),
+    /// The socket path does not fit a Unix socket address.
+    #[error(
+        "the admin socket path {0} is longer than a Unix socket address allows ({MAX_SOCKET_PATH} bytes): \
+         use a shorter data_dir (e.g. /var/lib/coffer/data)"
+    )]
+    PathTooLong(PathBuf),
     /// After binding, the path was not the owner-only socket just created (removed if it was ours).
     #[error(
         "{0} is not the socket coffer just created with mode 600 and owner uid {2} (found mode {1:o}); \
@@ -104,6 +112,11 @@ pub struct AdminListener {
 pub fn bind(data_dir: &Path) -> Result<AdminListener, SocketError> {
     check_data_dir(data_dir)?;
     let path = socket_path(data_dir);
+    // sun_path holds 108 bytes with the terminating NUL. The staging path below is exactly
+    // as long as the final one (".aXXXXXX/s" and "admin.sock").
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(SocketError::PathTooLong(path));
+    }
     if inspect(&path)?.is_some() {
         match UnixStream::connect(&path) {
             Ok(_) => return Err(SocketError::AlreadyRunning(path)),
@@ -119,7 +132,8 @@ pub fn bind(data_dir: &Path) -> Result<AdminListener, SocketError> {
     // the socket with wider permissions, and link(2), unlike rename(2), never replaces a file that
     // appeared at the path since it was checked.
     let private = tempfile::Builder::new()
-        .prefix(".admin-")
+        .prefix(".a")
+        .rand_bytes(6)
         .permissions(Permissions::from_mode(0o700))
         .tempdir_in(data_dir)
         .map_err(bind_err)?;

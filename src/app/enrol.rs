@@ -180,13 +180,19 @@ impl Vault {
     /// certificate (the old one joins the CRL) and secret, and ends the device's sessions.
     pub fn enrol(&self, code: &str, csr_pem: &str, device_name: &str, days: u32) -> Result<Enrolled, EnrolError> {
         let canonical = normalise(code).ok_or(EnrolError::CodeInvalid)?;
+        let hash = code_hash(&canonical);
+        // A read first: wrong codes cost neither a signature check nor the write lock. The
+        // commit below checks the code again.
+        if self.store.enrolment(hash, Timestamp::now())?.is_none() {
+            return Err(EnrolError::CodeInvalid);
+        }
         let spki = csr_public_key(csr_pem).map_err(EnrolError::Csr)?;
         let ca = self.ca()?;
         let ca_der = ca.cert_der().to_vec();
         let secret = new_signing_secret()?;
         let now = Timestamp::now();
         let mut renewed = None;
-        let device = self.store.consume_enrolment(code_hash(&canonical), now, |txn, e| {
+        let device = self.store.consume_enrolment(hash, now, |txn, e| {
             // A code whose user was removed or disabled since is as good as expired.
             match self.user(e.user) {
                 Ok(owner) if !owner.body.disabled => {}

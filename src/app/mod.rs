@@ -239,6 +239,9 @@ pub struct Vault {
     store: Store,
     options: StoreOptions,
     _lock: std::fs::File,
+    /// Serialises CRL writes and remembers the last CRL number, so a CRL built from an
+    /// older snapshot never replaces a newer one and numbers only grow.
+    crl: std::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -301,6 +304,7 @@ impl Vault {
                 store,
                 options,
                 _lock: lock,
+                crl: std::sync::Mutex::new(0),
             },
             report,
         ))

@@ -69,6 +69,9 @@ pub enum PkiFileError {
         "the database holds no {0}: this coffer was initialised without a PKI; re-run `coffer init` in a new directory"
     )]
     NoKey(&'static str),
+    /// A server key rotation was interrupted (or would repeat an interrupted one).
+    #[error("{0}")]
+    Interrupted(String),
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -222,7 +225,11 @@ impl Vault {
         let key = self.key(SLOT_SERVER_KEY, "server key")?;
         let info = cert_info(&cert, "server.crt")?;
         if info.spki != key.spki()? {
-            return Err(PkiError::BadCertificate("server.crt (it does not match the server key)").into());
+            return Err(PkiFileError::Interrupted(
+                "server.crt does not match the server key in the database (an interrupted key rotation?): \
+                 run `coffer cert renew-server` to issue a certificate for the current key"
+                    .into(),
+            ));
         }
         Ok((cert, key))
     }
@@ -256,17 +263,46 @@ impl Vault {
     /// next key is made. The database commit comes first; if writing the files is
     /// interrupted, `coffer cert renew-server` rewrites both from the database.
     pub fn rotate_server_key(&self, days: u32) -> Result<Rotation, PkiFileError> {
-        let old = cert_info(&read_cert(&server_cert_path(&self.paths), "server.crt")?, "server.crt")?;
+        // Only from a consistent state: after an interrupted rotation the database already
+        // holds the promoted key, and promoting again would discard the key whose pin the
+        // apps carry as their backup.
+        let interrupted = |what: &str| {
+            PkiFileError::Interrupted(format!(
+                "{what}: a previous rotation or renewal was interrupted; run `coffer cert renew-server` to \
+                 repair the keys directory, check `coffer pins`, then rotate again if still needed"
+            ))
+        };
+        let (current_cert, _) = self
+            .server_identity()
+            .map_err(|_| interrupted("server.crt does not match the server key in the database"))?;
+        let old = cert_info(&current_cert, "server.crt")?;
         let promoted = self.key(SLOT_SERVER_NEXT_KEY, "next server key")?;
+        let shipped = from_pem(
+            &read_text(&self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE))?,
+            "PUBLIC KEY",
+            "server-next.pub",
+        )?;
+        if shipped != promoted.spki()? {
+            return Err(interrupted(
+                "server-next.pub does not match the next key in the database",
+            ));
+        }
         let cert = self.ca()?.issue_server(&promoted, &old.sans, days)?;
         let next = KeyDer::generate()?;
         self.put_keys(&[(SLOT_SERVER_KEY, &promoted), (SLOT_SERVER_NEXT_KEY, &next)], true)?;
         let next_spki = next.spki()?;
+        let committed = |e: VaultError| {
+            PkiFileError::Interrupted(format!(
+                "the rotation is committed in the database, but {e}; do NOT rotate again: fix the cause and run \
+                 `coffer cert renew-server`, which rewrites server.crt and server-next.pub from the database"
+            ))
+        };
         write_public(
             &self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE),
             &public_key_pem(&next_spki),
-        )?;
-        write_public(&server_cert_path(&self.paths), &to_pem(&cert))?;
+        )
+        .map_err(committed)?;
+        write_public(&server_cert_path(&self.paths), &to_pem(&cert)).map_err(committed)?;
         let info = cert_info(&cert, "server.crt")?;
         Ok(Rotation {
             retired_pin: spki_pin(&old.spki),
@@ -279,6 +315,7 @@ impl Vault {
     /// Rewrites `keys/crl.pem`: every revoked device's certificate and every certificate
     /// replaced by a renewal, while they have not expired. Returns how many it lists.
     pub fn write_crl(&self) -> Result<usize, PkiFileError> {
+        let mut last_number = self.crl.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Timestamp::now();
         let mut revoked = Vec::new();
         for d in self.devices()? {
@@ -297,10 +334,11 @@ impl Vault {
                 });
             }
         }
-        // Milliseconds since the epoch: grows with every CRL this CA writes.
-        let number = u64::try_from(now.0).unwrap_or(0);
+        // Milliseconds since the epoch, and always above the last number this process wrote.
+        let number = u64::try_from(now.0).unwrap_or(0).max(*last_number + 1);
         let der = self.ca()?.crl(&revoked, number)?;
         write_public(&crl_path(&self.paths), &crl_pem(&der))?;
+        *last_number = number;
         Ok(revoked.len())
     }
 

@@ -368,8 +368,10 @@ impl Vault {
         })?;
         let info = updated.ok_or(VaultError::NotFound("user"))?;
         if info.body.disabled {
-            // A disabled user's sessions end with it (re-enabling does not revive them).
+            // A disabled user's sessions and unused enrolment codes end with it
+            // (re-enabling revives neither).
             self.end_user_sessions(id)?;
+            self.store.remove_enrolments_of(id)?;
         }
         Ok(info)
     }

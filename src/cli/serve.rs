@@ -178,9 +178,12 @@ fn reload(why: &str, reloader: &crate::http::TlsReloader) {
 }
 
 /// Handles SIGHUP (reload the server certificate) on a thread of its own, and rewrites the
-/// CRL once a day so that it never goes stale for TLS terminators that read it. Returns
-/// once the handler is installed (before it, SIGHUP would end the process).
-fn watch_signals(reloader: crate::http::TlsReloader) -> anyhow::Result<()> {
+/// CRL once a day so that it never goes stale for TLS terminators that read it. Installed
+/// first thing in `serve` (SIGHUP's default action would end the process); the server it
+/// acts on is attached once it runs.
+fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<crate::http::TlsReloader>>> {
+    let target: Arc<std::sync::OnceLock<crate::http::TlsReloader>> = Arc::default();
+    let server = target.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("coffer-signals".into())
@@ -193,36 +196,41 @@ fn watch_signals(reloader: crate::http::TlsReloader) -> anyhow::Result<()> {
                 }
             };
             runtime.block_on(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut hup = match signal(SignalKind::hangup()) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = tx.send(Ok(()));
-                let mut daily = tokio::time::interval(std::time::Duration::from_secs(86_400));
-                daily.tick().await;
-                loop {
-                    tokio::select! {
-                        got = hup.recv() => {
-                            if got.is_none() {
-                                return;
-                            }
-                            reload("SIGHUP", &reloader);
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = match signal(SignalKind::hangup()) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            let mut daily = tokio::time::interval(std::time::Duration::from_secs(86_400));
+            daily.tick().await;
+            loop {
+                tokio::select! {
+                    got = hup.recv() => {
+                        if got.is_none() {
+                            return;
                         }
-                        _ = daily.tick() => {
-                            if let Err(e) = reloader.rewrite_crl() {
-                                eprintln!("warning: could not rewrite the CRL: {e}");
-                            }
+                        match server.get() {
+                            Some(reloader) => reload("SIGHUP", reloader),
+                            None => eprintln!("SIGHUP during start-up: the certificate is loaded as the server starts"),
+                        }
+                    }
+                    _ = daily.tick() => {
+                        if let Some(reloader) = server.get()
+                            && let Err(e) = reloader.rewrite_crl()
+                        {
+                            eprintln!("warning: could not rewrite the CRL: {e}");
                         }
                     }
                 }
-            });
+            }
+        });
         })?;
     match rx.recv() {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(target),
         Ok(Err(e)) => anyhow::bail!("cannot watch for SIGHUP: {e}"),
         Err(_) => anyhow::bail!("cannot watch for SIGHUP"),
     }
@@ -230,6 +238,7 @@ fn watch_signals(reloader: crate::http::TlsReloader) -> anyhow::Result<()> {
 
 impl ServeCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        let signals = watch_signals()?;
         let paths = ctx.paths();
         // A development server listens on loopback unless told otherwise on its own command
         // line: a `listen` in a configuration file or the environment is for production.
@@ -237,6 +246,23 @@ impl ServeCmd {
             (Some(l), _) => l,
             (None, true) => DEV_LISTEN,
             (None, false) => ctx.config.listen_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
+        };
+        // Checked before the key file is unlocked: a missing allowlist needs no passphrase.
+        let allow = if self.dev {
+            Allowlist::loopback()
+        } else {
+            let cidrs = ctx.config.allow_cidrs.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "allow_cidrs is not set: list the networks devices connect from in the configuration \
+                     file (allow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\"]) or in COFFER_ALLOW_CIDRS; \
+                     [\"0.0.0.0/0\", \"::/0\"] allows every address"
+                )
+            })?;
+            let allow = Allowlist::parse(cidrs)?;
+            if allow.networks().is_empty() {
+                anyhow::bail!("allow_cidrs is empty: no device could connect; list the networks devices connect from");
+            }
+            allow
         };
         let vault = if self.dev {
             let passphrase = match &ctx.passphrase_file {
@@ -280,22 +306,6 @@ impl ServeCmd {
             eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
         }
         warn_expiring_devices(&vault);
-        let allow = if self.dev {
-            Allowlist::loopback()
-        } else {
-            let cidrs = ctx.config.allow_cidrs.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "allow_cidrs is not set: list the networks devices connect from in the configuration \
-                     file (allow_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\"]) or in COFFER_ALLOW_CIDRS; \
-                     [\"0.0.0.0/0\", \"::/0\"] allows every address"
-                )
-            })?;
-            let allow = Allowlist::parse(cidrs)?;
-            if allow.networks().is_empty() {
-                anyhow::bail!("allow_cidrs is empty: no device could connect; list the networks devices connect from");
-            }
-            allow
-        };
         eprintln!("accepting connections from {allow}");
         let options = ServerOptions {
             listen,
@@ -341,7 +351,7 @@ impl ServeCmd {
                 }
             })
         })?;
-        watch_signals(reloader)?;
+        let _ = signals.set(reloader);
         println!("coffer listening on {}", base_url(server.addr()));
         if self.dev {
             let vault = server_vault.as_ref().ok_or_else(|| anyhow::anyhow!("no vault"))?;

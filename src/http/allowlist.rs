@@ -79,25 +79,94 @@ impl std::fmt::Display for Allowlist {
     }
 }
 
-/// Counts refused connections and logs them sparingly.
+/// Open connections per address (IPv6: per /64), capped; a slot is held by a
+/// [`ConnectionSlot`] for as long as its connection lives.
+#[derive(Debug)]
+pub struct PerAddress {
+    max: u32,
+    open: Mutex<std::collections::HashMap<IpAddr, u32>>,
+}
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    counter: std::sync::Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    /// At most `max` connections per address.
+    pub fn new(max: u32) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            max: max.max(1),
+            open: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `ip`, or `None` when the address has `max` open.
+    pub fn admit(self: &std::sync::Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let key = super::ratelimit::ip_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            counter: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open from `ip`'s address (or /64).
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        let open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.get(&super::ratelimit::ip_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .counter
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Counts refusals that anyone on the network can cause (connections from outside the
+/// allowlist, requests without a client certificate) and logs them sparingly.
 #[derive(Debug)]
 pub struct Refusals {
+    what: &'static str,
     total: AtomicU64,
     logged: Mutex<(Option<Instant>, u64)>,
 }
 
 impl Default for Refusals {
     fn default() -> Self {
-        Self {
-            total: AtomicU64::new(0),
-            logged: Mutex::new((None, 0)),
-        }
+        Self::new("allowlist: closed a connection before TLS (not in allow_cidrs)")
     }
 }
 
 impl Refusals {
-    /// Records a refused connection from `ip`; logs it when no line was written within
-    /// [`LOG_EVERY`].
+    /// A counter whose log lines start with `what`.
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            total: AtomicU64::new(0),
+            logged: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Records a refusal of `ip`; logs it when no line was written within [`LOG_EVERY`].
     pub fn record(&self, ip: IpAddr) {
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
         let now = Instant::now();
@@ -105,8 +174,8 @@ impl Refusals {
         let (last_at, last_total) = *logged;
         if last_at.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             eprintln!(
-                "allowlist: closed a connection from {ip} before TLS (not in allow_cidrs); \
-                 {} refused since the last such line, {total} since start",
+                "{}, latest from {ip}; {} since the last such line, {total} since start",
+                self.what,
                 total - last_total
             );
             *logged = (Some(now), total);
@@ -158,6 +227,27 @@ mod tests {
         let all = Allowlist::everyone();
         assert!(all.allows(ip("8.8.8.8")) && all.allows(ip("2001:db8::1")));
         assert!(Allowlist::parse::<&str>(&[]).unwrap().networks().is_empty());
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_given_back() {
+        let per = PerAddress::new(2);
+        let a = per.admit(ip("192.0.2.1")).unwrap();
+        let b = per.admit(ip("192.0.2.1")).unwrap();
+        assert!(per.admit(ip("192.0.2.1")).is_none());
+        assert!(
+            per.admit(ip("192.0.2.2")).is_some(),
+            "another address has its own count"
+        );
+        // One /64 counts as one address.
+        let c = per.admit(ip("2001:db8::1")).unwrap();
+        let d = per.admit(ip("2001:db8::2")).unwrap();
+        assert!(per.admit(ip("2001:db8::ffff")).is_none());
+        drop(a);
+        assert_eq!(per.open(ip("192.0.2.1")), 1);
+        assert!(per.admit(ip("192.0.2.1")).is_some());
+        drop((b, c, d));
+        assert_eq!(per.open(ip("2001:db8::3")), 0);
     }
 
     #[test]

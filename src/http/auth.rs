@@ -161,15 +161,16 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
     let state = state(req)?;
     let ip = peer_ip(req);
     let Some(thumbprint) = req.conn_data::<ClientCert>().and_then(|c| c.0) else {
-        return Err(refuse(
-            state,
-            req,
-            None,
-            Problem::detail(
-                Reason::ClientCertificateRequired,
-                "connect with the device's client certificate, or enrol the device",
-            ),
-            "no client certificate",
+        // Anyone may connect without a certificate (to enrol): such refusals are neither
+        // charged to the address's failure budget, which would let strangers behind the
+        // same NAT address spend it, nor logged one by one (pipelined requests could flood
+        // the log); they are counted and logged at most every few seconds.
+        if let Some(ip) = ip {
+            state.anonymous_refusals.record(ip);
+        }
+        return Err(Problem::detail(
+            Reason::ClientCertificateRequired,
+            "connect with the device's client certificate, or enrol the device",
         ));
     };
     let device = state.vault.device_by_thumbprint(&thumbprint)?;

@@ -55,6 +55,8 @@ pub struct State {
     pub limiter: ratelimit::AuthLimiter,
     /// Enrolment attempts per address.
     pub enrolments: ratelimit::AttemptLimiter,
+    /// Requests refused for want of a client certificate (counted, logged sparingly).
+    pub anonymous_refusals: allowlist::Refusals,
     /// Signatures of accepted writes.
     pub replay: replay::ReplayGuard,
     /// Bounds the password verifications (argon2id) in flight.
@@ -270,6 +272,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         },
         limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
         enrolments: ratelimit::AttemptLimiter::new(a.enrolments_per_ip_per_minute),
+        anonymous_refusals: allowlist::Refusals::new(
+            "auth: refused requests without a client certificate (client-certificate-required)",
+        ),
         replay: replay::ReplayGuard::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
         logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
@@ -281,15 +286,21 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let allow = Arc::new(options.allow.clone());
     let refusals = Arc::new(allowlist::Refusals::default());
     let pipeline_refusals = refusals.clone();
+    let per_address = allowlist::PerAddress::new(options.limits.max_connections_per_ip);
+    let crowded = Arc::new(allowlist::Refusals::new(
+        "limits: closed a connection before TLS (limits.max_connections_per_ip reached)",
+    ));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let factory = move || {
-                use actix_service::{ServiceFactoryExt as _, fn_service, map_config};
+                use actix_service::map_config;
                 let state = state.clone();
                 let watchdog = watchdog.clone();
                 let allow = allow.clone();
                 let refusals = pipeline_refusals.clone();
+                let per_address = per_address.clone();
+                let crowded = crowded.clone();
                 let app = App::new()
                     .app_data(state)
                     // A request starting and ending is activity for the watchdog.
@@ -327,28 +338,38 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     // `AppConfig` (whose `secure` and host are defaults here).
                     .finish(map_config(app, |()| actix_web::dev::AppConfig::default()))
                     .rustls_0_23(tls.clone());
-                // The allowlist, before the handshake: a refused connection is dropped
-                // (closed) without a byte written.
-                fn_service(move |io: actix_web::rt::net::TcpStream| {
-                    let allowed = match io.peer_addr() {
-                        Ok(peer) if allow.allows(peer.ip()) => true,
-                        Ok(peer) => {
+                // Before the handshake: the allowlist, then a slot among the connections
+                // of the peer's address, held until the connection ends. A refused
+                // connection is dropped (closed) without a byte written.
+                actix_service::apply_fn_factory(http, move |io: actix_web::rt::net::TcpStream, http| {
+                    let admitted = match io.peer_addr() {
+                        Ok(peer) if !allow.allows(peer.ip()) => {
                             refusals.record(peer.ip());
-                            false
+                            None
                         }
-                        Err(_) => false,
+                        Ok(peer) => {
+                            let slot = per_address.admit(peer.ip());
+                            if slot.is_none() {
+                                crowded.record(peer.ip());
+                            }
+                            slot
+                        }
+                        Err(_) => None,
                     };
+                    let connection = admitted.map(|slot| (slot, actix_web::dev::Service::call(http, io)));
                     async move {
-                        if allowed {
-                            Ok(io)
-                        } else {
-                            Err(actix_tls::accept::TlsError::Tls(std::io::Error::other(
-                                "address not in allow_cidrs",
-                            )))
+                        match connection {
+                            Some((slot, connection)) => {
+                                let result = connection.await;
+                                drop(slot);
+                                result
+                            }
+                            None => Err(actix_tls::accept::TlsError::Tls(std::io::Error::other(
+                                "connection refused before TLS",
+                            ))),
                         }
                     }
                 })
-                .and_then(http)
             };
             let server = actix_server::Server::build()
                 .workers(workers)

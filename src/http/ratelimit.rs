@@ -76,7 +76,7 @@ impl<K: std::hash::Hash + Eq + Copy> Buckets<K> {
 }
 
 /// The key an address counts under: IPv4 as is, IPv6 by its /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -93,6 +93,37 @@ impl Store {
         Ok(out)
     }
 
+    /// The code with this hash, if it is stored and unexpired at `now` (a read: wrong
+    /// codes never take the write lock).
+    pub fn enrolment(&self, code_hash: [u8; 32], now: Timestamp) -> Result<Option<StoredEnrolment>, StoreError> {
+        let snap = self.snapshot()?;
+        let t = snap.txn.open_table(ENROLMENTS)?;
+        let found = t.get(code_hash)?.map(|g| decode_enrolment(g.value())).transpose()?;
+        Ok(found.filter(|e| e.expires > now))
+    }
+
+    /// Removes every unused code of `user` (when the user is disabled).
+    pub fn remove_enrolments_of(&self, user: UserId) -> Result<usize, StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        let mut removed = 0;
+        {
+            let mut t = txn.open_table(ENROLMENTS)?;
+            let mut doomed = Vec::new();
+            for entry in t.iter()? {
+                let (k, v) = entry?;
+                if decode_enrolment(v.value()).map_or(true, |e| e.user == user) {
+                    doomed.push(k.value());
+                }
+            }
+            for k in doomed {
+                t.remove(k)?;
+                removed += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+
     /// The codes not yet used, by expiry (for `coffer device enrolments`).
     pub fn enrolments(&self) -> Result<Vec<StoredEnrolment>, StoreError> {
         let snap = self.snapshot()?;

@@ -13,6 +13,9 @@ use crate::http::State;
 use crate::http::error::{Problem, Reason};
 use crate::secret::SecretString;
 
+/// How long an enrolment request body may take in all.
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnrolJson {
@@ -47,7 +50,17 @@ pub async fn enroll(req: HttpRequest, payload: web::Payload, state: web::Data<St
         });
     }
     require_json(&req)?;
-    let body = read_small_body(&state, payload).await?;
+    // A whole enrolment body is under 2 KiB: whoever trickles it holds a connection
+    // without any credential, so it gets a deadline, not just the idle timeout.
+    let body = tokio::time::timeout(BODY_DEADLINE, read_small_body(&state, payload))
+        .await
+        .map_err(|_| Problem {
+            close: true,
+            ..Problem::detail(
+                Reason::RequestTimeout,
+                format!("the enrolment body did not arrive within {} s", BODY_DEADLINE.as_secs()),
+            )
+        })??;
     let request: EnrolJson = serde_json::from_slice(&body).map_err(|_| Problem {
         close: true,
         ..Problem::detail(
