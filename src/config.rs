@@ -460,8 +460,9 @@ impl Config {
         if !(1..=1_000_000).contains(&l.max_connections) {
             return invalid("limits.max_connections", "must be 1 to 1000000");
         }
-        if !(1..=l.max_connections).contains(&l.max_connections_per_ip) {
-            return invalid("limits.max_connections_per_ip", "must be 1 to limits.max_connections");
+        // Above `max_connections` it simply never binds.
+        if !(1..=1_000_000).contains(&l.max_connections_per_ip) {
+            return invalid("limits.max_connections_per_ip", "must be 1 to 1000000");
         }
         if !(1..=10_000).contains(&l.max_uploads) {
             return invalid("limits.max_uploads", "must be 1 to 10000");

@@ -11,36 +11,22 @@ mod common;
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coffer::app::Vault;
-use coffer::app::init::{PkiPlan, init_with_pki};
-use coffer::app::principals::UserBody;
-use coffer::crypto::kdf::KdfParams;
-use coffer::http::RunningServer;
+use coffer::http::ServerOptions;
 use coffer::http::allowlist::Allowlist;
-use coffer::model::Role;
-use coffer::secret::Passphrase;
-use coffer::store::StoreOptions;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use common::binary::{ALICE_PASSWORD, Cli, Running, isolate_cheap, text};
 use common::client::{ClientSetup, Connection, RawStream, Response, Signer, read_response, signed_head, unique_nonce};
-use common::server::{Identity, test_options};
+use common::server::{Identity, TestServer, start_server_on, test_options};
 use common::*;
 
-/// How long a start of the binary may take.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a refused connection may take to be closed (generous: a loaded test machine).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 // ---- raw sockets with a chosen source address ----
 
@@ -162,145 +148,53 @@ fn raw_login(stream: &mut RawStream, signer: &Signer, user: &str, password: &str
     res.json()["token"].as_str().expect("token").to_owned()
 }
 
-// ---- an in-process server that keeps its `RunningServer` ----
+// ---- an in-process server with the allowlist under test ----
 
-/// A coffer HTTPS server in this process over a fresh coffer, listening where the test
-/// says, with the allowlist under test. (`common::server::TestServer` forces
-/// `127.0.0.1:0` and does not expose `RunningServer::refused_connections`.)
-struct InProcess {
-    server: Option<RunningServer>,
-    vault: Arc<Vault>,
-    ca_pem: String,
-    _dirs: TestDirs,
-}
-
-impl InProcess {
-    fn start(listen: SocketAddr, allow: Allowlist) -> Self {
-        let dirs = empty_dirs();
-        init_with_pki(
-            &dirs.paths,
-            &passphrase(),
-            KdfParams::for_tests(),
-            StoreOptions::default(),
-            &PkiPlan {
-                sans: ["localhost", "127.0.0.1", "::1"]
-                    .iter()
-                    .map(|s| s.parse().unwrap())
-                    .collect(),
-                ca_days: 30,
-                server_days: 30,
-            },
-        )
-        .expect("init with PKI");
-        let (vault, _) = Vault::open(&dirs.paths, &passphrase(), StoreOptions::default()).expect("open vault");
-        let vault = Arc::new(vault);
-        let ca_pem = std::fs::read_to_string(coffer::app::pki::ca_cert_path(&dirs.paths)).unwrap();
-        let options = coffer::http::ServerOptions {
-            listen,
+/// A coffer HTTPS server in this process over a fresh coffer, listening on `listen`, with
+/// the allowlist under test.
+fn start(listen: SocketAddr, allow: Allowlist) -> TestServer {
+    start_server_on(
+        listen,
+        ServerOptions {
             allow,
             ..test_options()
-        };
-        let server = coffer::http::start(vault.clone(), options).expect("start the server");
-        // Requests signed in the second the server started are refused.
-        while time::OffsetDateTime::now_utc().unix_timestamp() < server.signatures_from() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            server: Some(server),
-            vault,
-            ca_pem,
-            _dirs: dirs,
-        }
-    }
-
-    fn running(&self) -> &RunningServer {
-        self.server.as_ref().expect("running")
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running().addr()
-    }
-
-    /// Refusals counted by the server.
-    fn refused(&self) -> u64 {
-        self.running().refused_connections()
-    }
-
-    /// Waits (with a deadline) until the refusal count reaches `n`; returns it.
-    fn refused_reaches(&self, n: u64) -> u64 {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        while self.refused() < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.refused()
-    }
-
-    /// A member with a registered device, logged in on it.
-    fn member_device(&self, name: &str) -> Identity {
-        let password = Passphrase::new(format!("password of {name}"));
-        let user = self
-            .vault
-            .add_user(UserBody {
-                name: name.to_owned(),
-                role: Role::Member,
-                password_hash: KdfParams::for_tests().hash_password(&password).unwrap(),
-                disabled: false,
-                totp: None,
-            })
-            .unwrap();
-        let issued = self.vault.issue_device(user.id, "test device", 30).unwrap();
-        let creds = coffer::app::sessions::Credentials {
-            username: name,
-            password: &password,
-            totp: None,
-        };
-        let policy = coffer::app::sessions::SessionPolicy::from(&coffer::config::AuthConfig::default());
-        let session = self
-            .vault
-            .login(&issued.device, &creds, &policy, coffer::model::Timestamp::now())
-            .expect("login");
-        Identity {
-            secret: issued
-                .device
-                .body
-                .signing_secret
-                .as_ref()
-                .map(|s| s.expose().to_owned()),
-            token: Some(session.token.expose().to_owned()),
-            device: Some(issued.device),
-            cert_pem: coffer::pki::to_pem(&issued.cert_der),
-            key_pem: issued.key.to_pem().unwrap().to_string(),
-        }
-    }
-
-    fn client(&self, identity: Option<&Identity>) -> Arc<ClientConfig> {
-        ClientSetup::new(
-            &self.ca_pem,
-            identity.map(|i| (i.cert_pem.as_str(), i.key_pem.as_str())),
-        )
-        .build()
-    }
-
-    /// A signed listing on a new connection to `to` (the server's own address unless
-    /// given) must answer 200.
-    #[track_caller]
-    fn assert_serves(&self, identity: &Identity, to: SocketAddr, what: &str) {
-        let mut conn = Connection::open(self.client(Some(identity)), to, "localhost")
-            .unwrap_or_else(|e| panic!("{what}: the TLS handshake failed: {e}"));
-        conn.set_signer(identity.signer());
-        let res = conn
-            .request("GET", "/v1/documents", &[], b"")
-            .unwrap_or_else(|e| panic!("{what}: the request failed: {e}"));
-        assert_eq!(res.status, 200, "{what}: {}", text(&res.body));
-    }
+        },
+    )
 }
 
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = server.stop();
-        }
+/// Refusals counted by the server.
+fn refused(server: &TestServer) -> u64 {
+    server.running().refused_connections()
+}
+
+/// Waits (with a deadline) until the refusal count reaches `n`; returns it.
+fn refused_reaches(server: &TestServer, n: u64) -> u64 {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while refused(server) < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    refused(server)
+}
+
+/// A member with a registered device, logged in on it.
+fn member_device(server: &TestServer, name: &str) -> Identity {
+    let user = server.add_member(name);
+    let identity = server.issue_device(user.id);
+    assert!(identity.token.is_some(), "login of {name}");
+    identity
+}
+
+/// A signed listing on a new connection to `to` (the server's own address unless
+/// given) must answer 200.
+#[track_caller]
+fn assert_serves(server: &TestServer, identity: &Identity, to: SocketAddr, what: &str) {
+    let mut conn = Connection::open(server.client_config(Some(identity)), to, "localhost")
+        .unwrap_or_else(|e| panic!("{what}: the TLS handshake failed: {e}"));
+    conn.set_signer(identity.signer());
+    let res = conn
+        .request("GET", "/v1/documents", &[], b"")
+        .unwrap_or_else(|e| panic!("{what}: the request failed: {e}"));
+    assert_eq!(res.status, 200, "{what}: {}", text(&res.body));
 }
 
 /// Whether this machine has an IPv6 loopback to listen and connect on.
@@ -322,18 +216,18 @@ const LO6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
 #[test]
 fn a_client_outside_the_allowlist_gets_no_byte_and_is_counted_while_an_allowed_one_is_served() {
-    let server = InProcess::start(
+    let server = start(
         "127.0.0.1:0".parse().unwrap(),
         Allowlist::parse(&["127.0.0.1/32"]).unwrap(),
     );
-    let alice = server.member_device("alice");
-    assert_eq!(server.refused(), 0);
+    let alice = member_device(&server, "alice");
+    assert_eq!(refused(&server), 0);
 
     // From 127.0.0.2, with alice's valid certificate ready: closed before TLS.
     let tcp = connect_from(LO2, server.addr()).expect("connect from 127.0.0.2");
-    let closed = assert_closed_without_a_byte(tcp, server.client(Some(&alice)), "client on 127.0.0.2");
+    let closed = assert_closed_without_a_byte(tcp, server.client_config(Some(&alice)), "client on 127.0.0.2");
     eprintln!("note: the refused connection ended with {closed:?}");
-    assert_eq!(server.refused_reaches(1), 1, "the refusal was not counted");
+    assert_eq!(refused_reaches(&server, 1), 1, "the refusal was not counted");
 
     // A second one, this time sending nothing at all: also closed, also counted.
     let mut silent = connect_from(LO2, server.addr()).expect("connect from 127.0.0.2");
@@ -345,14 +239,14 @@ fn a_client_outside_the_allowlist_gets_no_byte_and_is_counted_while_an_allowed_o
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
         Err(e) => panic!("a silent refused client: {e} ({:?})", e.kind()),
     }
-    assert_eq!(server.refused_reaches(2), 2);
+    assert_eq!(refused_reaches(&server, 2), 2);
 
     // From 127.0.0.1: the full mutual-TLS service, and nothing more is counted.
-    server.assert_serves(&alice, server.addr(), "client on 127.0.0.1");
-    let mut raw = tls_from(LO1, server.addr(), server.client(Some(&alice)));
+    assert_serves(&server, &alice, server.addr(), "client on 127.0.0.1");
+    let mut raw = tls_from(LO1, server.addr(), server.client_config(Some(&alice)));
     let res = raw_request(&mut raw, alice.signer().as_ref(), "GET", "/v1/documents", &[], b"");
     assert_eq!(res.status, 200, "{}", text(&res.body));
-    assert_eq!(server.refused(), 2, "an allowed connection was counted as refused");
+    assert_eq!(refused(&server), 2, "an allowed connection was counted as refused");
 }
 
 // ---- 2. IPv6 loopback and IPv4-mapped addresses ----
@@ -365,22 +259,27 @@ fn ipv6_loopback_is_served_when_listed_and_refused_without_a_byte_when_not() {
     }
     let listen: SocketAddr = "[::1]:0".parse().unwrap();
 
-    let allowed = InProcess::start(listen, Allowlist::parse(&["::1/128"]).unwrap());
+    let allowed = start(listen, Allowlist::parse(&["::1/128"]).unwrap());
     assert_eq!(allowed.addr().ip(), LO6);
-    let alice = allowed.member_device("alice");
-    allowed.assert_serves(&alice, allowed.addr(), "::1 client of a server allowing ::1/128");
-    assert_eq!(allowed.refused(), 0);
+    let alice = member_device(&allowed, "alice");
+    assert_serves(
+        &allowed,
+        &alice,
+        allowed.addr(),
+        "::1 client of a server allowing ::1/128",
+    );
+    assert_eq!(refused(&allowed), 0);
     drop(allowed);
 
-    let v4_only = InProcess::start(listen, Allowlist::parse(&["127.0.0.1/32"]).unwrap());
-    let bob = v4_only.member_device("bob");
+    let v4_only = start(listen, Allowlist::parse(&["127.0.0.1/32"]).unwrap());
+    let bob = member_device(&v4_only, "bob");
     let tcp = connect_from(LO6, v4_only.addr()).expect("connect from ::1");
     assert_closed_without_a_byte(
         tcp,
-        v4_only.client(Some(&bob)),
+        v4_only.client_config(Some(&bob)),
         "::1 client of a server allowing only 127.0.0.1/32",
     );
-    assert_eq!(v4_only.refused_reaches(1), 1, "the refusal was not counted");
+    assert_eq!(refused_reaches(&v4_only, 1), 1, "the refusal was not counted");
 }
 
 #[test]
@@ -395,219 +294,37 @@ fn a_dual_stack_listener_matches_ipv4_mapped_clients_as_ipv4() {
         return;
     }
     // Every address but 127.0.0.1 is refused, so listening on [::] exposes nothing.
-    let server = InProcess::start("[::]:0".parse().unwrap(), Allowlist::parse(&["127.0.0.1/32"]).unwrap());
-    let alice = server.member_device("alice");
+    let server = start("[::]:0".parse().unwrap(), Allowlist::parse(&["127.0.0.1/32"]).unwrap());
+    let alice = member_device(&server, "alice");
     let port = server.addr().port();
     // 127.0.0.1 arrives as ::ffff:127.0.0.1 and is matched as 127.0.0.1.
-    server.assert_serves(
+    assert_serves(
+        &server,
         &alice,
         SocketAddr::new(LO1, port),
         "127.0.0.1 via a dual-stack listener",
     );
-    assert_eq!(server.refused(), 0);
+    assert_eq!(refused(&server), 0);
     // ::ffff:127.0.0.2 is not 127.0.0.1; ::1 is not either.
     let tcp = connect_from(LO2, SocketAddr::new(LO1, port)).expect("connect from 127.0.0.2");
-    assert_closed_without_a_byte(tcp, server.client(Some(&alice)), "127.0.0.2 via a dual-stack listener");
-    assert_eq!(server.refused_reaches(1), 1);
+    assert_closed_without_a_byte(
+        tcp,
+        server.client_config(Some(&alice)),
+        "127.0.0.2 via a dual-stack listener",
+    );
+    assert_eq!(refused_reaches(&server, 1), 1);
     let tcp = connect_from(LO6, SocketAddr::new(LO6, port)).expect("connect from ::1");
-    assert_closed_without_a_byte(tcp, server.client(Some(&alice)), "::1 via a dual-stack listener");
-    assert_eq!(server.refused_reaches(2), 2);
-}
-
-// ---- a coffer process that is killed when the test ends ----
-
-/// A spawned `coffer` with its output collected; killed (and waited for) when dropped.
-struct Running {
-    child: Option<Child>,
-    stdout_lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coffer");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().expect("stderr");
-        let stderr_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self {
-            child: Some(child),
-            stdout_lines: rx,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-        }
-    }
-
-    /// What the process wrote on stderr so far.
-    fn stderr_now(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits (with a deadline) for `needle` on stderr; returns all of stderr.
-    fn wait_stderr(&self, needle: &str, what: &str) -> String {
-        let deadline = Instant::now() + CLOSE_TIMEOUT;
-        loop {
-            let now = self.stderr_now();
-            if now.contains(needle) {
-                return now;
-            }
-            assert!(Instant::now() < deadline, "{what}: no {needle:?} on stderr: {now}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn collect_stderr(&mut self) -> String {
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        self.stderr_now()
-    }
-
-    /// Kills the process and returns what it wrote on stderr.
-    fn kill(&mut self) -> String {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.collect_stderr()
-    }
-
-    /// Waits for the process to end by itself; kills it and panics after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration, what: &str) -> (ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let stderr = self.kill();
-                panic!("{what}: still running after {timeout:?}; stderr: {stderr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.child = None;
-        (status, self.collect_stderr())
-    }
-
-    /// The next stdout line.
-    fn next_line(&mut self, what: &str) -> String {
-        match self.stdout_lines.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                let stderr = self.kill();
-                panic!("{what}: printed nothing more within {START_TIMEOUT:?}; stderr: {stderr}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let stderr = self.kill();
-                panic!("{what}: ended; stderr: {stderr}")
-            }
-        }
-    }
-
-    /// The address of the first stdout line, `coffer listening on https://ADDR`; returns
-    /// once the server accepts signatures (the second after it started).
-    fn listening_on(&mut self, what: &str) -> SocketAddr {
-        let line = self.next_line(what);
-        let started = time::OffsetDateTime::now_utc().unix_timestamp();
-        let addr = line
-            .strip_prefix("coffer listening on https://")
-            .unwrap_or_else(|| panic!("{what}: unexpected first line {line:?}"));
-        let addr = addr.parse().unwrap_or_else(|e| panic!("{what}: address {addr:?}: {e}"));
-        while time::OffsetDateTime::now_utc().unix_timestamp() <= started {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        addr
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    assert_closed_without_a_byte(tcp, server.client_config(Some(&alice)), "::1 via a dual-stack listener");
+    assert_eq!(refused_reaches(&server, 2), 2);
 }
 
 // ---- the binary ----
 
-/// Nothing from the caller's environment; cheap argon2id; runs in `cwd`.
-fn isolate_cheap(cmd: &mut Command, cwd: &Path) {
-    isolate(cmd, cwd);
-    cmd.envs(CHEAP_KDF_ENV);
-}
-
-/// `coffer --data-dir .. --keys-dir ..` for `dirs`, with the test passphrase and no
-/// `allow_cidrs` (the tests add it).
-fn coffer(dirs: &TestDirs) -> Command {
-    let mut cmd = coffer_command(&dirs.paths);
-    isolate_cheap(&mut cmd, dirs.root.path());
-    cmd.env("COFFER_PASSPHRASE", PASSPHRASE);
-    cmd.env("COFFER_MAX_FUTURE_WRITE_SECS", "0");
-    cmd
-}
-
-#[track_caller]
-fn ok(dirs: &TestDirs, args: &[&str]) -> String {
-    let out = coffer(dirs).args(args).output().expect("run coffer");
-    assert!(
-        out.status.success(),
-        "coffer {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-const ALICE_PASSWORD: &str = "correct horse battery";
-
-/// A coffer made by `coffer init`, with a member `alice`.
-fn initialised_with_alice() -> TestDirs {
-    let dirs = empty_dirs();
-    let mut args = vec!["init"];
-    args.extend(CHEAP_KDF);
-    ok(&dirs, &args);
-    let password = write_file(dirs.root.path(), "alice.password", &format!("{ALICE_PASSWORD}\n"));
-    ok(
-        &dirs,
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "member",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
-    dirs
-}
+/// `coffer` on a [`TestDirs`]: the test passphrase, writes accepted right after a start,
+/// and no `allow_cidrs` (the tests add it).
+const CLI: Cli = Cli {
+    env: &[("COFFER_MAX_FUTURE_WRITE_SECS", "0")],
+};
 
 /// A device's files as `device issue --out` (or `serve --dev`) wrote them.
 struct DeviceFiles {
@@ -656,7 +373,7 @@ impl DeviceFiles {
 
 #[test]
 fn serve_refuses_to_start_without_allow_cidrs_and_names_it() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     // (what, COFFER_ALLOW_CIDRS, what stderr must say)
     let cases: [(&str, Option<&str>, &[&str]); 3] = [
         (
@@ -672,7 +389,7 @@ fn serve_refuses_to_start_without_allow_cidrs_and_names_it() {
         ),
     ];
     for (what, cidrs, needles) in cases {
-        let mut cmd = coffer(&dirs);
+        let mut cmd = CLI.coffer(&dirs);
         if let Some(c) = cidrs {
             cmd.env("COFFER_ALLOW_CIDRS", c);
         }
@@ -686,10 +403,7 @@ fn serve_refuses_to_start_without_allow_cidrs_and_names_it() {
                 "{what}: stderr does not say {needle:?}: {stderr}"
             );
         }
-        assert!(
-            run.stdout_lines.try_recv().is_err(),
-            "{what}: it printed a listening address"
-        );
+        assert!(run.try_next_line().is_none(), "{what}: it printed a listening address");
         assert!(
             std::fs::symlink_metadata(dirs.paths.data_dir.join("admin.sock")).is_err(),
             "{what}: an admin socket was left behind"
@@ -699,10 +413,10 @@ fn serve_refuses_to_start_without_allow_cidrs_and_names_it() {
 
 #[test]
 fn serve_with_coffer_allow_cidrs_closes_other_addresses_before_tls_and_logs_it() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let out = dirs.root.path().join("phone");
     let p12 = write_file(dirs.root.path(), "p12.txt", "a long enough password\n");
-    ok(
+    CLI.ok(
         &dirs,
         &[
             "device",
@@ -717,7 +431,7 @@ fn serve_with_coffer_allow_cidrs_closes_other_addresses_before_tls_and_logs_it()
     );
     let phone = DeviceFiles::load(&out.join("profile.toml"), &out.join("ca.crt"));
 
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     cmd.env("COFFER_ALLOW_CIDRS", "127.0.0.2/32")
         .args(["serve", "--listen", "127.0.0.1:0"]);
     let mut server = Running::spawn(cmd);
@@ -731,7 +445,7 @@ fn serve_with_coffer_allow_cidrs_closes_other_addresses_before_tls_and_logs_it()
     // From 127.0.0.1 (not listed), with a valid device certificate: not a byte.
     let tcp = connect_from(LO1, addr).expect("connect from 127.0.0.1");
     assert_closed_without_a_byte(tcp, phone.client(), "127.0.0.1 client of coffer serve");
-    let stderr = server.wait_stderr("not in allow_cidrs", "the refusal log line");
+    let stderr = server.wait_stderr("not in allow_cidrs", CLOSE_TIMEOUT, "the refusal log line");
     let line = stderr
         .lines()
         .find(|l| l.contains("not in allow_cidrs"))
@@ -746,7 +460,7 @@ fn serve_with_coffer_allow_cidrs_closes_other_addresses_before_tls_and_logs_it()
 
     // From 127.0.0.2 (listed): the device is served.
     phone.assert_served_from(LO2, addr, ALICE_PASSWORD, "127.0.0.2 client of coffer serve");
-    assert!(server.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(server.is_running());
     server.kill();
 }
 

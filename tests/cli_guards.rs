@@ -7,58 +7,27 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::binary::{Cli, Running, expect_ok, isolate_cheap, text};
 use common::client::{ClientSetup, Connection, Signer, raw_tls, read_response};
 use common::*;
 
-/// How long a server start may take (the first `serve --dev` creates a coffer).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Nothing from the caller's environment that could choose a configuration, directories,
-/// a listen address or a passphrase; cheap argon2id; runs in `cwd`.
-fn isolate_cheap(cmd: &mut Command, cwd: &Path) {
-    isolate(cmd, cwd);
-    cmd.envs(CHEAP_KDF_ENV);
-}
+/// `coffer` on a [`TestDirs`]: the test passphrase, loopback (IPv4 and IPv6) allowed.
+const CLI: Cli = Cli {
+    env: &[("COFFER_ALLOW_CIDRS", "127.0.0.0/8, ::1")],
+};
 
 /// `coffer` in `cwd` with default directories (`./keys`, `./data`).
 fn coffer_in(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coffer"));
     isolate_cheap(&mut cmd, cwd);
     cmd
-}
-
-/// `coffer --data-dir .. --keys-dir ..` for `dirs`, with the test passphrase.
-fn coffer(dirs: &TestDirs) -> Command {
-    let mut cmd = coffer_command(&dirs.paths);
-    isolate_cheap(&mut cmd, dirs.root.path());
-    cmd.env("COFFER_PASSPHRASE", PASSPHRASE);
-    cmd.env("COFFER_ALLOW_CIDRS", "127.0.0.0/8, ::1");
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-#[track_caller]
-fn expect_ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// Panics unless the command exited with `code`; returns stderr.
@@ -75,42 +44,12 @@ fn expect_exit(out: Output, code: i32, what: &str) -> String {
 }
 
 #[track_caller]
-fn ok(dirs: &TestDirs, args: &[&str]) -> String {
-    expect_ok(
-        coffer(dirs).args(args).output().expect("run coffer"),
-        &format!("coffer {args:?}"),
-    )
-}
-
-#[track_caller]
 fn fails(dirs: &TestDirs, args: &[&str]) -> String {
     expect_exit(
-        coffer(dirs).args(args).output().expect("run coffer"),
+        CLI.coffer(dirs).args(args).output().expect("run coffer"),
         1,
         &format!("coffer {args:?}"),
     )
-}
-
-/// A coffer made by `coffer init`, with a member `alice`.
-fn initialised_with_alice() -> TestDirs {
-    let dirs = empty_dirs();
-    let mut args = vec!["init"];
-    args.extend(CHEAP_KDF);
-    ok(&dirs, &args);
-    let password = write_file(dirs.root.path(), "alice.password", "correct horse battery\n");
-    ok(
-        &dirs,
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "member",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
-    dirs
 }
 
 /// The rows (after the header) of a `list` command's table.
@@ -119,7 +58,7 @@ fn rows(stdout: &str) -> Vec<String> {
 }
 
 fn device_rows(dirs: &TestDirs) -> Vec<String> {
-    rows(&ok(dirs, &["device", "list"]))
+    rows(&CLI.ok(dirs, &["device", "list"]))
 }
 
 fn mode(path: &Path) -> u32 {
@@ -143,109 +82,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             (p, bytes)
         })
         .collect()
-}
-
-// ---- a coffer process that is killed when the test ends ----
-
-/// A spawned `coffer` with its output collected; killed (and waited for) when dropped.
-struct Running {
-    child: Option<Child>,
-    stdout_lines: Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coffer");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut pipe = child.stderr.take().expect("stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        });
-        Self {
-            child: Some(child),
-            stdout_lines: rx,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Kills the process and returns what it wrote on stderr.
-    fn kill(&mut self) -> String {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
-    /// Waits for the process to end by itself; kills it and panics after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration, what: &str) -> (ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let stderr = self.kill();
-                panic!("{what}: still running after {timeout:?}; stderr: {stderr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.child = None;
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (status, stderr)
-    }
-
-    /// The address of the first stdout line, `coffer listening on https://ADDR`.
-    fn listening_on(&mut self, what: &str) -> SocketAddr {
-        let line = match self.stdout_lines.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                let stderr = self.kill();
-                panic!("{what}: printed nothing within {START_TIMEOUT:?}; stderr: {stderr}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let stderr = self.kill();
-                panic!("{what}: ended without printing its address; stderr: {stderr}")
-            }
-        };
-        let addr = line
-            .strip_prefix("coffer listening on https://")
-            .unwrap_or_else(|| panic!("{what}: unexpected first line {line:?}"));
-        addr.parse().unwrap_or_else(|e| panic!("{what}: address {addr:?}: {e}"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// The IPv4 addresses with a listening TCP socket on `port`, from `/proc/net/tcp` (the
@@ -418,7 +254,7 @@ fn issue_refused(dirs: &TestDirs, out: &Path, needle: &str, what: &str) {
 #[test]
 fn device_issue_refuses_an_unsafe_out_and_keeps_a_safe_ones_mode() {
     use std::os::unix::fs::MetadataExt;
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let root = dirs.root.path();
 
     for m in [0o777, 0o770, 0o702] {
@@ -458,7 +294,7 @@ fn device_issue_refuses_an_unsafe_out_and_keeps_a_safe_ones_mode() {
     let out = root.join("mine");
     std::fs::create_dir(&out).unwrap();
     set_mode(&out, 0o755);
-    let stdout = ok(
+    let stdout = CLI.ok(
         &dirs,
         &["device", "issue", "--user", "alice", "--out", out.to_str().unwrap()],
     );
@@ -476,7 +312,7 @@ fn device_issue_refuses_an_unsafe_out_and_keeps_a_safe_ones_mode() {
 
 #[test]
 fn device_issue_refuses_a_pkcs12_password_under_twelve_characters() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let root = dirs.root.path();
     // 11 characters; the second is 22 bytes, so characters are what counts.
     for (i, password) in ["elevenchars", "äöüäöüäöüäö"].into_iter().enumerate() {
@@ -504,7 +340,7 @@ fn device_issue_refuses_a_pkcs12_password_under_twelve_characters() {
     // Twelve characters (and a trailing newline, which is not part of it) are enough.
     let file = write_file(root, "twelve.txt", "twelve chars\n");
     let out = root.join("out-ok");
-    ok(
+    CLI.ok(
         &dirs,
         &[
             "device",
@@ -580,11 +416,11 @@ fn config_check_validates_the_new_limits_and_names_the_key() {
 
 #[test]
 fn serve_takes_transfer_limits_and_the_idle_timeout_from_the_configuration() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let root = dirs.root.path();
     let out = root.join("phone");
     let p12 = write_file(root, "p12.txt", "a long enough password\n");
-    ok(
+    CLI.ok(
         &dirs,
         &[
             "device",
@@ -602,7 +438,7 @@ fn serve_takes_transfer_limits_and_the_idle_timeout_from_the_configuration() {
         "limits.toml",
         "[limits]\nmax_transfers_per_device = 1\nbody_idle_timeout_secs = 1\n",
     );
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     // Without waiting out the 10 s after a start in which writes are refused.
     cmd.env("COFFER_MAX_FUTURE_WRITE_SECS", "0");
     cmd.arg("--config")
@@ -701,12 +537,13 @@ fn config_check_applies_the_global_flags_too() {
 
 #[test]
 fn serve_names_devices_whose_certificates_expire_within_thirty_days() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let root = dirs.root.path();
     let p12 = write_file(root, "p12.txt", "a long enough password\n");
     let issue = |dir: &str, days: &str| {
         let out = root.join(dir);
-        let res = coffer(&dirs)
+        let res = CLI
+            .coffer(&dirs)
             .env("COFFER_DEVICE_CERT_DAYS", days)
             .args(["device", "issue", "--user", "alice", "--out"])
             .arg(&out)
@@ -721,7 +558,7 @@ fn serve_names_devices_whose_certificates_expire_within_thirty_days() {
     };
     let soon = issue("soon", "10");
     let later = issue("later", "365");
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     cmd.args(["serve", "--listen", "127.0.0.1:0"]);
     let mut server = Running::spawn(cmd);
     server.listening_on("coffer serve");

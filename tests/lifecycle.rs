@@ -8,241 +8,46 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
+use common::binary::{ALICE_PASSWORD, Cli, Running, expect_ok, expect_ok_with_stderr, text};
 use common::client::{ClientSetup, Connection, Response, Signer, unique_nonce};
 use common::server::assert_problem;
 use common::*;
 
-/// How long a server start may take.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for something the server does by itself (a log line, an exit).
 const WAIT: Duration = Duration::from_secs(30);
 
-const ALICE_PASSWORD: &str = "correct horse battery";
 const P12_PASSWORD: &str = "a long enough password\n";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-// ---- a coffer process that is killed when the test ends ----
-
-/// A spawned `coffer` with its output collected; killed (and waited for) when dropped.
-struct Running {
-    child: Option<Child>,
-    stdout_lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coffer");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().expect("stderr");
-        let stderr_thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Self {
-            child: Some(child),
-            stdout_lines: rx,
-            stderr,
-            stderr_thread: Some(stderr_thread),
-        }
-    }
-
-    /// What the process wrote on stderr so far.
-    fn stderr_now(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits (with a deadline) until `needle` occurs `times` times on stderr.
-    fn wait_stderr_count(&self, needle: &str, times: usize, what: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let now = self.stderr_now();
-            if now.matches(needle).count() >= times {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {needle:?} not {times} time(s) on stderr: {now}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn collect_stderr(&mut self) -> String {
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        self.stderr_now()
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("running")
-    }
-
-    /// Whether the process still runs.
-    fn is_running(&mut self) -> bool {
-        self.child().try_wait().expect("try_wait").is_none()
-    }
-
-    /// Sends `signal` to the process.
-    fn signal(&mut self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_child(self.child());
-        rustix::process::kill_process(pid, signal).expect("send a signal");
-    }
-
-    /// Kills the process (SIGKILL) and returns what it wrote on stderr.
-    fn kill(&mut self) -> String {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.collect_stderr()
-    }
-
-    /// Waits for the process to end by itself; kills it and panics after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration, what: &str) -> (ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child().try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let stderr = self.kill();
-                panic!("{what}: still running after {timeout:?}; stderr: {stderr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.child = None;
-        (status, self.collect_stderr())
-    }
-
-    /// The address of the first stdout line, `coffer listening on https://ADDR`; returns
-    /// once the server accepts signatures (from the second after its start).
-    fn listening_on(&mut self, what: &str) -> SocketAddr {
-        let line = match self.stdout_lines.recv_timeout(START_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                let stderr = self.kill();
-                panic!("{what}: printed nothing within {START_TIMEOUT:?}; stderr: {stderr}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let stderr = self.kill();
-                panic!("{what}: ended without printing its address; stderr: {stderr}")
-            }
-        };
-        let started = time::OffsetDateTime::now_utc().unix_timestamp();
-        let addr = line
-            .strip_prefix("coffer listening on https://")
-            .unwrap_or_else(|| panic!("{what}: unexpected first line {line:?}"));
-        let addr = addr.parse().unwrap_or_else(|e| panic!("{what}: address {addr:?}: {e}"));
-        // Requests signed in the second the server started are refused.
-        while time::OffsetDateTime::now_utc().unix_timestamp() <= started {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        addr
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 // ---- the binary ----
 
-/// `coffer --data-dir .. --keys-dir ..` for `dirs`: nothing from the caller's environment,
-/// cheap argon2id, loopback allowed, writes accepted right after a start, and no
-/// passphrase: a command that needs the database either goes through a running server's
-/// admin socket or fails.
-fn coffer_without_passphrase(dirs: &TestDirs) -> Command {
-    let mut cmd = coffer_command(&dirs.paths);
-    isolate(&mut cmd, dirs.root.path());
-    cmd.envs(CHEAP_KDF_ENV)
-        .env("COFFER_ALLOW_CIDRS", "127.0.0.0/8")
-        .env("COFFER_MAX_FUTURE_WRITE_SECS", "0");
-    cmd
-}
-
-/// [`coffer_without_passphrase`] with the test passphrase.
-fn coffer(dirs: &TestDirs) -> Command {
-    let mut cmd = coffer_without_passphrase(dirs);
-    cmd.env("COFFER_PASSPHRASE", PASSPHRASE);
-    cmd
-}
-
-#[track_caller]
-fn expect_ok(out: Output, what: &str) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "{what} failed with {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    (text(&out.stdout), text(&out.stderr))
-}
-
-/// Runs `coffer ARGS` with the passphrase; returns stdout.
-#[track_caller]
-fn ok(dirs: &TestDirs, args: &[&str]) -> String {
-    expect_ok(
-        coffer(dirs).args(args).output().expect("run coffer"),
-        &format!("coffer {args:?}"),
-    )
-    .0
-}
+/// `coffer` on a [`TestDirs`]: loopback allowed, writes accepted right after a start.
+/// Without the passphrase ([`Cli::without_passphrase`]), a command that needs the
+/// database either goes through a running server's admin socket or fails.
+const CLI: Cli = Cli {
+    env: &[
+        ("COFFER_ALLOW_CIDRS", "127.0.0.0/8"),
+        ("COFFER_MAX_FUTURE_WRITE_SECS", "0"),
+    ],
+};
 
 /// Runs `coffer ARGS` without a passphrase, next to a running server: it must succeed,
 /// so it went through the admin socket (nothing else could open the database), and say
 /// nothing about a passphrase. Returns stdout.
 #[track_caller]
 fn via_socket(dirs: &TestDirs, args: &[&str]) -> String {
-    let (stdout, stderr) = expect_ok(
-        coffer_without_passphrase(dirs).args(args).output().expect("run coffer"),
+    let (stdout, stderr) = expect_ok_with_stderr(
+        CLI.without_passphrase(dirs).args(args).output().expect("run coffer"),
         &format!("coffer {args:?} (no passphrase, server running)"),
     );
     assert!(
@@ -256,7 +61,7 @@ fn via_socket(dirs: &TestDirs, args: &[&str]) -> String {
 /// needs the passphrase to open the database itself. Returns stderr.
 #[track_caller]
 fn needs_passphrase(dirs: &TestDirs, args: &[&str]) -> String {
-    let out = coffer_without_passphrase(dirs).args(args).output().expect("run coffer");
+    let out = CLI.without_passphrase(dirs).args(args).output().expect("run coffer");
     let stderr = text(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -267,31 +72,9 @@ fn needs_passphrase(dirs: &TestDirs, args: &[&str]) -> String {
     stderr
 }
 
-/// A coffer made by `coffer init`, with a member `alice`.
-fn initialised_with_alice() -> TestDirs {
-    let dirs = empty_dirs();
-    let mut args = vec!["init"];
-    args.extend(CHEAP_KDF);
-    ok(&dirs, &args);
-    let password = write_file(dirs.root.path(), "alice.password", &format!("{ALICE_PASSWORD}\n"));
-    ok(
-        &dirs,
-        &[
-            "user",
-            "add",
-            "alice",
-            "--role",
-            "member",
-            "--password-file",
-            password.to_str().unwrap(),
-        ],
-    );
-    dirs
-}
-
 /// Starts `coffer serve` (not --dev) on 127.0.0.1, allowing 127.0.0.0/8.
 fn serve(dirs: &TestDirs) -> (Running, SocketAddr) {
-    let mut cmd = coffer(dirs);
+    let mut cmd = CLI.coffer(dirs);
     cmd.args(["serve", "--listen", "127.0.0.1:0"]);
     let mut server = Running::spawn(cmd);
     let addr = server.listening_on("coffer serve");
@@ -406,7 +189,7 @@ fn assert_lists(conn: &mut Connection, what: &str) {
 fn issue(dirs: &TestDirs, name: &str) -> Device {
     let out = dirs.root.path().join(name);
     let p12 = write_file(dirs.root.path(), &format!("{name}.p12pass"), P12_PASSWORD);
-    let mut cmd = coffer(dirs);
+    let mut cmd = CLI.coffer(dirs);
     cmd.args(["device", "issue", "--user", "alice", "--out"])
         .arg(&out)
         .arg("--p12-password-file")
@@ -454,7 +237,7 @@ fn device_statuses(stdout: &str) -> Vec<(String, String)> {
 
 #[test]
 fn revoking_through_the_admin_socket_refuses_the_next_request_on_an_open_connection() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     let other = issue(&dirs, "tablet");
     let (mut server, addr) = serve(&dirs);
@@ -490,7 +273,8 @@ fn revoking_through_the_admin_socket_refuses_the_next_request_on_an_open_connect
     // A revoked device cannot be renewed back to life, and nothing is written.
     let out = dirs.root.path().join("renewed");
     let p12 = write_file(dirs.root.path(), "renew.p12pass", P12_PASSWORD);
-    let res = coffer_without_passphrase(&dirs)
+    let res = CLI
+        .without_passphrase(&dirs)
         .args(["device", "renew", &phone.id, "--out"])
         .arg(&out)
         .arg("--p12-password-file")
@@ -509,12 +293,12 @@ fn revoking_through_the_admin_socket_refuses_the_next_request_on_an_open_connect
 
 #[test]
 fn revoking_with_the_server_stopped_opens_the_database_and_the_next_start_refuses_the_device() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     // No server: without the passphrase it cannot be done...
     needs_passphrase(&dirs, &["device", "revoke", &phone.id]);
     // ...with it, the command opens the database itself.
-    let stdout = ok(&dirs, &["device", "revoke", &phone.id]);
+    let stdout = CLI.ok(&dirs, &["device", "revoke", &phone.id]);
     assert!(stdout.contains(&format!("revoked device {}", phone.id)), "{stdout}");
     assert_eq!(crl_serials(&dirs), vec![phone.serial()], "the CRL after the revocation");
 
@@ -573,11 +357,8 @@ fn parse_code(stdout: &str) -> Code {
 
 /// `coffer pins --json` (needs no passphrase): (current, next).
 fn pins(dirs: &TestDirs) -> (String, String) {
-    let out = coffer_without_passphrase(dirs)
-        .args(["pins", "--json"])
-        .output()
-        .unwrap();
-    let (stdout, _) = expect_ok(out, "coffer pins --json");
+    let out = CLI.without_passphrase(dirs).args(["pins", "--json"]).output().unwrap();
+    let stdout = expect_ok(out, "coffer pins --json");
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     let pin = |k: &str| {
         let p = json[k].as_str().unwrap_or_else(|| panic!("{k}: {stdout}")).to_owned();
@@ -627,13 +408,13 @@ fn enrol(addr: SocketAddr, ca: &str, code: &str, name: &str) -> Result<Device, R
 
 #[test]
 fn enrolment_codes_from_a_stopped_and_a_running_server_both_enrol_a_device() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let ca = std::fs::read_to_string(coffer::app::pki::ca_cert_path(&dirs.paths)).unwrap();
     let (current, next) = pins(&dirs);
 
     // Server stopped: the command opens the database (so it needs the passphrase).
     needs_passphrase(&dirs, &["device", "enroll", "--user", "alice", "--json"]);
-    let offline = parse_code(&ok(&dirs, &["device", "enroll", "--user", "alice", "--json"]));
+    let offline = parse_code(&CLI.ok(&dirs, &["device", "enroll", "--user", "alice", "--json"]));
     assert_eq!(offline.pins, [current.clone(), next.clone()]);
     // The URL comes from the CLI's configuration: the certificate's first name and the
     // default port.
@@ -755,7 +536,7 @@ fn assert_pin_refused(config: Arc<ClientConfig>, addr: SocketAddr, what: &str) {
 
 #[test]
 fn rotating_the_server_key_and_sighup_switch_new_handshakes_to_the_backup_pin() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     let (mut server, addr) = serve(&dirs);
     let (old_current, old_next) = pins(&dirs);
@@ -773,9 +554,9 @@ fn rotating_the_server_key_and_sighup_switch_new_handshakes_to_the_backup_pin() 
     let stdout = via_socket(&dirs, &["cert", "rotate-server-key"]);
     assert!(stdout.contains(&format!("{old_current}  retired")), "{stdout}");
     assert!(stdout.contains(&format!("{old_next}  current")), "{stdout}");
-    server.wait_stderr_count("admin command: reloaded the server certificate", 1, "rotation");
+    server.wait_stderr_count("admin command: reloaded the server certificate", 1, WAIT, "rotation");
     server.signal(rustix::process::Signal::HUP);
-    server.wait_stderr_count("SIGHUP: reloaded the server certificate", 1, "SIGHUP");
+    server.wait_stderr_count("SIGHUP: reloaded the server certificate", 1, WAIT, "SIGHUP");
     assert!(server.is_running(), "SIGHUP ended the server");
 
     // The connection opened before the rotation is not dropped.
@@ -803,7 +584,7 @@ fn rotating_the_server_key_and_sighup_switch_new_handshakes_to_the_backup_pin() 
 
     // A second SIGHUP reloads again and the server still runs and serves.
     server.signal(rustix::process::Signal::HUP);
-    server.wait_stderr_count("SIGHUP: reloaded the server certificate", 2, "second SIGHUP");
+    server.wait_stderr_count("SIGHUP: reloaded the server certificate", 2, WAIT, "second SIGHUP");
     assert!(server.is_running(), "the second SIGHUP ended the server");
     assert_lists(&mut before, "the old connection after two SIGHUPs");
     assert_lists(&mut after, "the new connection after two SIGHUPs");
@@ -829,7 +610,7 @@ fn assert_owner_only_socket(dirs: &TestDirs) {
 
 #[test]
 fn the_admin_socket_is_owner_only_and_admin_commands_open_the_database_after_a_stop() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     let (mut server, _) = serve(&dirs);
     assert_owner_only_socket(&dirs);
@@ -846,7 +627,7 @@ fn the_admin_socket_is_owner_only_and_admin_commands_open_the_database_after_a_s
     );
     needs_passphrase(&dirs, &["device", "list"]);
     assert_eq!(
-        ok(&dirs, &["device", "list"]),
+        CLI.ok(&dirs, &["device", "list"]),
         through_socket,
         "the same list both ways"
     );
@@ -861,7 +642,7 @@ fn the_admin_socket_is_owner_only_and_admin_commands_open_the_database_after_a_s
         "a killed server removed its socket (expected it to be left stale)"
     );
     needs_passphrase(&dirs, &["device", "list"]);
-    assert_eq!(ok(&dirs, &["device", "list"]), through_socket);
+    assert_eq!(CLI.ok(&dirs, &["device", "list"]), through_socket);
     let (mut server, new_addr) = serve(&dirs);
     assert_owner_only_socket(&dirs);
     assert_eq!(via_socket(&dirs, &["device", "list"]), through_socket);
@@ -872,12 +653,12 @@ fn the_admin_socket_is_owner_only_and_admin_commands_open_the_database_after_a_s
 
 #[test]
 fn a_symlink_at_the_socket_path_stops_serve_and_is_left_alone() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let link = socket_path(&dirs);
     let target = dirs.root.path().join("elsewhere.sock");
     std::os::unix::fs::symlink(&target, &link).unwrap();
 
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     cmd.args(["serve", "--listen", "127.0.0.1:0"]);
     let mut run = Running::spawn(cmd);
     let (status, stderr) = run.wait_exit(WAIT, "coffer serve with a symlinked admin.sock");
@@ -886,7 +667,7 @@ fn a_symlink_at_the_socket_path_stops_serve_and_is_left_alone() {
         stderr.contains(&link.display().to_string()) && stderr.contains("symbolic link"),
         "the message does not name the symlink: {stderr}"
     );
-    assert!(run.stdout_lines.try_recv().is_err(), "it printed a listening address");
+    assert!(run.try_next_line().is_none(), "it printed a listening address");
     let meta = std::fs::symlink_metadata(&link).expect("the symlink is still there");
     assert!(meta.file_type().is_symlink());
     assert_eq!(std::fs::read_link(&link).unwrap(), target, "the symlink was changed");
@@ -895,7 +676,7 @@ fn a_symlink_at_the_socket_path_stops_serve_and_is_left_alone() {
         "something was created through the symlink"
     );
     // Admin commands refuse it as well rather than connect through it.
-    let out = coffer(&dirs).args(["device", "list"]).output().unwrap();
+    let out = CLI.coffer(&dirs).args(["device", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("symbolic link"), "{}", text(&out.stderr));
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
@@ -903,10 +684,10 @@ fn a_symlink_at_the_socket_path_stops_serve_and_is_left_alone() {
 
 #[test]
 fn serve_refuses_a_data_directory_others_could_write_and_starts_once_it_is_private() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let data = &dirs.paths.data_dir;
     std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o770)).unwrap();
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     cmd.args(["serve", "--listen", "127.0.0.1:0"]);
     let mut run = Running::spawn(cmd);
     let (status, stderr) = run.wait_exit(WAIT, "coffer serve with a group-writable data dir");
@@ -924,11 +705,11 @@ fn serve_refuses_a_data_directory_others_could_write_and_starts_once_it_is_priva
 
 #[test]
 fn a_start_that_fails_after_binding_the_admin_socket_removes_it() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     // The HTTPS address is taken, so `serve` fails after it bound the admin socket.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut cmd = coffer(&dirs);
+    let mut cmd = CLI.coffer(&dirs);
     cmd.args(["serve", "--listen", &addr]);
     let mut run = Running::spawn(cmd);
     let (status, stderr) = run.wait_exit(WAIT, "coffer serve on a taken port");
@@ -939,7 +720,7 @@ fn a_start_that_fails_after_binding_the_admin_socket_removes_it() {
         "a failed start left data/admin.sock behind"
     );
     drop(taken);
-    assert!(!ok(&dirs, &["device", "list"]).is_empty());
+    assert!(!CLI.ok(&dirs, &["device", "list"]).is_empty());
     let (mut server, _) = serve(&dirs);
     assert_owner_only_socket(&dirs);
     server.kill();
@@ -949,7 +730,7 @@ fn a_start_that_fails_after_binding_the_admin_socket_removes_it() {
 
 #[test]
 fn sighup_keeps_the_current_certificate_when_server_crt_is_bad_and_reloads_it_when_fixed() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     let (mut server, addr) = serve(&dirs);
     let (current, _) = pins(&dirs);
@@ -959,7 +740,7 @@ fn sighup_keeps_the_current_certificate_when_server_crt_is_bad_and_reloads_it_wh
     // A valid certificate for another key (the CA's) is not loaded.
     std::fs::copy(coffer::app::pki::ca_cert_path(&dirs.paths), &path).unwrap();
     server.signal(rustix::process::Signal::HUP);
-    let stderr = server.wait_stderr_count("SIGHUP: kept the current server certificate", 1, "bad server.crt");
+    let stderr = server.wait_stderr_count("SIGHUP: kept the current server certificate", 1, WAIT, "bad server.crt");
     assert!(stderr.contains("does not match the server key"), "{stderr}");
     assert!(server.is_running(), "SIGHUP with a bad server.crt ended the server");
     let mut conn = phone.session_with(pinned_client(&phone, &[&current]), addr);
@@ -967,7 +748,12 @@ fn sighup_keeps_the_current_certificate_when_server_crt_is_bad_and_reloads_it_wh
 
     std::fs::write(&path, &good).unwrap();
     server.signal(rustix::process::Signal::HUP);
-    server.wait_stderr_count("SIGHUP: reloaded the server certificate", 1, "restored server.crt");
+    server.wait_stderr_count(
+        "SIGHUP: reloaded the server certificate",
+        1,
+        WAIT,
+        "restored server.crt",
+    );
     let mut conn = phone.session_with(pinned_client(&phone, &[&current]), addr);
     assert_lists(&mut conn, "after SIGHUP with the restored server.crt");
     server.kill();
@@ -977,7 +763,7 @@ fn sighup_keeps_the_current_certificate_when_server_crt_is_bad_and_reloads_it_wh
 
 #[test]
 fn renewing_a_device_through_the_socket_keeps_its_id_and_retires_the_old_certificate() {
-    let dirs = initialised_with_alice();
+    let dirs = CLI.initialised_with_alice();
     let phone = issue(&dirs, "phone");
     let (mut server, addr) = serve(&dirs);
     let mut old_conn = phone.session(addr);

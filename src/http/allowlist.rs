@@ -25,15 +25,17 @@ pub struct BadCidr(pub String);
 
 impl Allowlist {
     /// Parses CIDR networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses. Host bits
-    /// set below the prefix are cleared (`10.1.2.3/8` means `10.0.0.0/8`).
+    /// set below the prefix are cleared (`10.1.2.3/8` means `10.0.0.0/8`), and an
+    /// IPv4-mapped network (`::ffff:10.0.0.0/104`) means its IPv4 network, as clients are
+    /// matched (see [`allows`](Self::allows)).
     pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, BadCidr> {
         items
             .iter()
             .map(|s| {
                 let s = s.as_ref().trim();
                 s.parse::<IpNet>()
-                    .map(|n| n.trunc())
-                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| unmap(n.trunc()))
+                    .or_else(|_| s.parse::<IpAddr>().map(|a| unmap(IpNet::from(a))))
                     .map_err(|_| BadCidr(s.to_owned()))
             })
             .collect::<Result<_, _>>()
@@ -69,6 +71,17 @@ impl Allowlist {
     /// The networks.
     pub fn networks(&self) -> &[IpNet] {
         &self.0
+    }
+}
+
+/// An IPv4-mapped IPv6 network (prefix at least 96) as the IPv4 network it maps.
+fn unmap(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -213,6 +226,9 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_matches_as_ipv4() {
+        let mapped = Allowlist::parse(&["::ffff:10.0.0.0/104", "::ffff:192.0.2.7"]).unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8, 192.0.2.7/32");
+        assert!(mapped.allows(ip("10.1.2.3")) && mapped.allows(ip("::ffff:10.1.2.3")));
         let list = Allowlist::parse(&["127.0.0.1/32"]).unwrap();
         assert!(list.allows(ip("::ffff:127.0.0.1")));
         assert!(!list.allows(ip("::ffff:127.0.0.2")));

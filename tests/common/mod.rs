@@ -3,6 +3,7 @@
 //! attacker with write access to the disk).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod binary;
 pub mod client;
 pub mod server;
 
