@@ -107,7 +107,10 @@ pub enum Request {
         sans: Vec<String>,
     },
     /// `cert rotate-server-key`.
-    CertRotateServerKey,
+    CertRotateServerKey {
+        /// Refuse unless the next key has this pin.
+        expect_next: Option<String>,
+    },
 }
 
 /// A user as listed.
@@ -206,6 +209,8 @@ pub enum Response {
         not_after: i64,
         /// After a key rotation: the pins retired, current and next.
         pins: Option<[String; 3]>,
+        /// After a renewal that finished an interrupted rotation: the pins current and next.
+        finished_rotation: Option<[String; 2]>,
     },
 }
 
@@ -380,19 +385,21 @@ pub fn execute(vault: &Vault, settings: &Settings, request: Request) -> anyhow::
         }
         Request::CertRenewServer { sans } => {
             let sans = sans.iter().map(|s| s.parse::<San>()).collect::<Result<Vec<_>, _>>()?;
-            let info = vault.renew_server_cert(&sans, settings.server_days)?;
+            let renewal = vault.renew_server_cert(&sans, settings.server_days)?;
             Response::ServerCert {
-                sans: info.sans.iter().map(ToString::to_string).collect(),
-                not_after: info.not_after,
+                sans: renewal.cert.sans.iter().map(ToString::to_string).collect(),
+                not_after: renewal.cert.not_after,
                 pins: None,
+                finished_rotation: renewal.finished_rotation.map(|(current, next)| [current, next]),
             }
         }
-        Request::CertRotateServerKey => {
-            let r = vault.rotate_server_key(settings.server_days)?;
+        Request::CertRotateServerKey { expect_next } => {
+            let r = vault.rotate_server_key(settings.server_days, expect_next.as_deref())?;
             Response::ServerCert {
                 sans: r.cert.sans.iter().map(ToString::to_string).collect(),
                 not_after: r.cert.not_after,
                 pins: Some([r.retired_pin, r.current_pin, r.next_pin]),
+                finished_rotation: None,
             }
         }
     })

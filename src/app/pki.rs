@@ -140,6 +140,16 @@ pub struct Rotation {
     pub cert: CertInfo,
 }
 
+/// What a server certificate renewal did.
+#[derive(Clone, Debug)]
+pub struct Renewal {
+    /// The new certificate.
+    pub cert: CertInfo,
+    /// When the renewal finished an interrupted key rotation: the pins now current and
+    /// next (ship the next one before rotating again).
+    pub finished_rotation: Option<(String, String)>,
+}
+
 /// A device certificate and key made by [`Vault::issue_device`].
 #[derive(Debug)]
 pub struct IssuedDevice {
@@ -240,9 +250,10 @@ impl Vault {
     /// It also repairs the keys directory after an interrupted key rotation: the new
     /// certificate is for the key the database holds, and `server-next.pub` is rewritten
     /// from the next key in the database.
-    pub fn renew_server_cert(&self, sans: &[San], days: u32) -> Result<CertInfo, PkiFileError> {
+    pub fn renew_server_cert(&self, sans: &[San], days: u32) -> Result<Renewal, PkiFileError> {
         let current = read_cert(&server_cert_path(&self.paths), "server.crt")?;
         let key = self.key(SLOT_SERVER_KEY, "server key")?;
+        let finished_rotation = cert_info(&current, "server.crt")?.spki != key.spki()?;
         let sans = if sans.is_empty() {
             cert_info(&current, "server.crt")?.sans
         } else {
@@ -250,31 +261,41 @@ impl Vault {
         };
         let cert = self.ca()?.issue_server(&key, &sans, days)?;
         let next = self.key(SLOT_SERVER_NEXT_KEY, "next server key")?;
+        let next_spki = next.spki()?;
         write_public(
             &self.paths.keys_dir.join(SERVER_NEXT_PUB_FILE),
-            &public_key_pem(&next.spki()?),
+            &public_key_pem(&next_spki),
         )?;
         write_public(&server_cert_path(&self.paths), &to_pem(&cert))?;
-        Ok(cert_info(&cert, "server.crt")?)
+        let cert = cert_info(&cert, "server.crt")?;
+        Ok(Renewal {
+            finished_rotation: finished_rotation.then(|| (spki_pin(&cert.spki), spki_pin(&next_spki))),
+            cert,
+        })
     }
 
     /// Rotates the server key: the next key (whose pin apps already carry as their backup
     /// pin) becomes the current one with a new certificate for the same names, and a new
     /// next key is made. The database commit comes first; if writing the files is
     /// interrupted, `coffer cert renew-server` rewrites both from the database.
-    pub fn rotate_server_key(&self, days: u32) -> Result<Rotation, PkiFileError> {
+    ///
+    /// `expect_next`, when given, is the pin the caller expects to promote (the backup pin
+    /// the apps carry); the rotation is refused if the database's next key has another.
+    pub fn rotate_server_key(&self, days: u32, expect_next: Option<&str>) -> Result<Rotation, PkiFileError> {
         // Only from a consistent state: after an interrupted rotation the database already
         // holds the promoted key, and promoting again would discard the key whose pin the
         // apps carry as their backup.
         let interrupted = |what: &str| {
             PkiFileError::Interrupted(format!(
-                "{what}: a previous rotation or renewal was interrupted; run `coffer cert renew-server` to \
-                 repair the keys directory, check `coffer pins`, then rotate again if still needed"
+                "{what}: a previous key rotation was committed but its files were not written; run \
+                 `coffer cert renew-server` to finish it, and do not rotate again until the apps carry the \
+                 new next pin it prints"
             ))
         };
-        let (current_cert, _) = self
-            .server_identity()
-            .map_err(|_| interrupted("server.crt does not match the server key in the database"))?;
+        let (current_cert, _) = self.server_identity().map_err(|e| match e {
+            PkiFileError::Interrupted(_) => interrupted("server.crt does not match the server key in the database"),
+            e => e,
+        })?;
         let old = cert_info(&current_cert, "server.crt")?;
         let promoted = self.key(SLOT_SERVER_NEXT_KEY, "next server key")?;
         let shipped = from_pem(
@@ -286,6 +307,14 @@ impl Vault {
             return Err(interrupted(
                 "server-next.pub does not match the next key in the database",
             ));
+        }
+        if let Some(expected) = expect_next
+            && expected != spki_pin(&shipped)
+        {
+            return Err(PkiFileError::Interrupted(format!(
+                "the next server key's pin is {}, not {expected}: nothing was rotated (see `coffer pins`)",
+                spki_pin(&shipped)
+            )));
         }
         let cert = self.ca()?.issue_server(&promoted, &old.sans, days)?;
         let next = KeyDer::generate()?;

@@ -37,7 +37,16 @@ pub enum CertCmd {
     /// Promote the next server key (whose pin apps already carry as their backup pin) to
     /// current, with a new certificate, and make a new next key. A running server switches
     /// at once (and on SIGHUP); ship the new next pin (`coffer pins`) in the next app release.
-    RotateServerKey,
+    RotateServerKey(RotateCmd),
+}
+
+/// `coffer cert rotate-server-key`.
+#[derive(Debug, Args)]
+pub struct RotateCmd {
+    /// Rotate only if the next key has this pin (the backup pin the apps carry, as
+    /// `coffer pins` printed it): guards against promoting a key no app knows.
+    #[arg(long, value_name = "PIN")]
+    expect_next: Option<String>,
 }
 
 /// `coffer cert renew-server`.
@@ -60,12 +69,25 @@ impl CertCmd {
             Self::RenewServer(cmd) => Request::CertRenewServer {
                 sans: cmd.sans.iter().map(ToString::to_string).collect(),
             },
-            Self::RotateServerKey => Request::CertRotateServerKey,
+            Self::RotateServerKey(cmd) => Request::CertRotateServerKey {
+                expect_next: cmd.expect_next,
+            },
         };
-        let Response::ServerCert { sans, not_after, pins } = ctx.admin(request)? else {
+        let Response::ServerCert {
+            sans,
+            not_after,
+            pins,
+            finished_rotation,
+        } = ctx.admin(request)?
+        else {
             anyhow::bail!("unexpected answer to `coffer cert`");
         };
         let path = crate::app::pki::server_cert_path(&ctx.paths());
+        if let Some([current, next]) = &finished_rotation {
+            println!("finished an interrupted server key rotation:");
+            println!("{current}  current (was the backup pin)");
+            println!("{next}  next (ship it as the new backup pin before rotating again)");
+        }
         match pins {
             None => println!(
                 "renewed {} for {} (valid until {}); the key and its pin are unchanged",

@@ -57,6 +57,8 @@ pub struct State {
     pub enrolments: ratelimit::AttemptLimiter,
     /// Requests refused for want of a client certificate (counted, logged sparingly).
     pub anonymous_refusals: allowlist::Refusals,
+    /// Enrolment attempts refused by the per-address budget (counted, logged sparingly).
+    pub enrolment_refusals: allowlist::Refusals,
     /// Signatures of accepted writes.
     pub replay: replay::ReplayGuard,
     /// Bounds the password verifications (argon2id) in flight.
@@ -274,6 +276,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         enrolments: ratelimit::AttemptLimiter::new(a.enrolments_per_ip_per_minute),
         anonymous_refusals: allowlist::Refusals::new(
             "auth: refused requests without a client certificate (client-certificate-required)",
+        ),
+        enrolment_refusals: allowlist::Refusals::new(
+            "enrol: refused attempts over auth.enrolments_per_ip_per_minute (too-many-enrolments)",
         ),
         replay: replay::ReplayGuard::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),

@@ -111,7 +111,7 @@ impl Store {
             let mut doomed = Vec::new();
             for entry in t.iter()? {
                 let (k, v) = entry?;
-                if decode_enrolment(v.value()).map_or(true, |e| e.user == user) {
+                if decode_enrolment(v.value()).is_ok_and(|e| e.user == user) {
                     doomed.push(k.value());
                 }
             }

@@ -40,7 +40,10 @@ pub async fn enroll(req: HttpRequest, payload: web::Payload, state: web::Data<St
     let shown_ip = ip.map_or_else(|| "?".to_owned(), |i| i.to_string());
     // Every attempt counts, successes included: codes cannot be guessed at any useful rate.
     if let Err(wait) = state.enrolments.attempt(ip) {
-        eprintln!("enrol: refused an attempt from {shown_ip}: too many attempts");
+        // Anyone can cause these: counted and logged sparingly, not one line each.
+        if let Some(ip) = ip {
+            state.enrolment_refusals.record(ip);
+        }
         return Err(Problem {
             retry_after: Some(wait),
             ..Problem::detail(
