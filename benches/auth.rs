@@ -554,7 +554,7 @@ fn pieces(on: &Product, secs: f64) -> Vec<Piece> {
         time_per_call(secs, || {
             let valid = on
                 .vault
-                .check_session(black_box(token), device.id, device.owner, &policy, Timestamp::now())
+                .check_session(black_box(token), &device, &policy, Timestamp::now())
                 .unwrap();
             assert!(valid.is_ok(), "session refused: {valid:?}");
         }),

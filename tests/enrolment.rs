@@ -1255,3 +1255,40 @@ fn malformed_requests_are_invalid_and_oversized_ones_too_large() {
     enrolled(&res, &csr);
     assert_eq!(device_count(&server), 1);
 }
+
+#[test]
+fn a_login_that_completes_after_a_renewal_makes_no_session_for_the_new_certificate() {
+    let server = start_server();
+    let anna = server.add_member("anna");
+    let code = new_code(&server, anna.id);
+    let old_csr = p256_csr();
+    let old = enrolled(&post_enroll(&server, &code, &old_csr.pem, "phone"), &old_csr);
+    // A login request identified the device with its old certificate...
+    let seen_at_login = server.vault().device(old.id()).expect("device");
+    // ...and a renewal commits while that login is still checking the password.
+    let renewal = renewal_code(&server, anna.id, old.id());
+    let new_csr = plain_p256_csr();
+    let new = enrolled(&post_enroll(&server, &renewal, &new_csr.pem, "phone"), &new_csr);
+    let password = coffer::secret::Passphrase::new(password_of("anna"));
+    let session = server
+        .vault()
+        .login(
+            &seen_at_login,
+            &coffer::app::sessions::Credentials {
+                username: "anna",
+                password: &password,
+                totp: None,
+            },
+            &coffer::app::sessions::SessionPolicy::from(&test_options().auth),
+            coffer::model::Timestamp::now(),
+        )
+        .expect("the login itself succeeds");
+    // The session is bound to the old certificate: useless with the new one.
+    let mut conn = connect_enrolled(&server, &new, Some(session.token.expose()));
+    let res = conn.request("GET", "/v1/documents", &[], b"").expect("list");
+    assert_problem(&res, 401, "session-invalid");
+    // A fresh login with the new certificate works.
+    let token = log_in(&server, &new, "anna");
+    let mut conn = connect_enrolled(&server, &new, Some(&token));
+    assert_eq!(list_names(&mut conn), Vec::<String>::new());
+}

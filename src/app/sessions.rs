@@ -149,6 +149,17 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// What binds a session to the certificate it was made with: SHA-256 over the token and
+/// the certificate's thumbprint. Without the token (never stored) it reveals nothing about
+/// the certificate, unlike the thumbprint itself.
+fn certificate_binding(token: &str, thumbprint: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"coffer session binding v1\0");
+    h.update(token.as_bytes());
+    h.update(thumbprint);
+    h.finalize().into()
+}
+
 fn unix_secs(t: Timestamp) -> u64 {
     u64::try_from(t.0 / 1000).unwrap_or(0)
 }
@@ -216,6 +227,7 @@ impl Vault {
                 created: now,
                 expires,
                 last_seen: now,
+                binding: certificate_binding(token.expose(), &device.body.thumbprint),
             },
             SESSIONS_PER_DEVICE,
         )?;
@@ -226,12 +238,13 @@ impl Vault {
         })
     }
 
-    /// Checks a token presented by `device` (whose owner is `owner`).
+    /// Checks a token presented by `device` (its certificate and owner): the session must
+    /// have been made with this very certificate (RFC 8705's idea: a token is useless
+    /// with any other), so a renewal also retires every session made before it.
     pub fn check_session(
         &self,
         token: &str,
-        device: DeviceId,
-        owner: UserId,
+        device: &DeviceInfo,
         policy: &SessionPolicy,
         now: Timestamp,
     ) -> Result<Result<ValidSession, SessionRefusal>, VaultError> {
@@ -239,7 +252,9 @@ impl Vault {
         let Some(s) = self.store.snapshot()?.session(hash)? else {
             return Ok(Err(SessionRefusal::Unknown));
         };
-        if s.device != device {
+        let owner = device.owner;
+        let binding = certificate_binding(token, &device.body.thumbprint);
+        if s.device != device.id || !bool::from(subtle::ConstantTimeEq::ct_eq(&s.binding[..], &binding[..])) {
             return Ok(Err(SessionRefusal::OtherDevice));
         }
         if s.user != owner {

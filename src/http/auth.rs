@@ -482,10 +482,7 @@ impl Identified {
             }
         };
         let now = Timestamp::now();
-        match state
-            .vault
-            .check_session(token, self.device.id, self.user.id, &state.auth.policy, now)
-        {
+        match state.vault.check_session(token, &self.device, &state.auth.policy, now) {
             Ok(Ok(valid)) => {
                 if valid.needs_touch && state.first_touch(valid.token_hash, now) {
                     let vault = state.vault.clone();

@@ -23,13 +23,30 @@ pub struct StoredSession {
     pub expires: Timestamp,
     /// Last use (updated at most once a minute).
     pub last_seen: Timestamp,
+    /// Binds the session to the client certificate it was made with (SHA-256 over the
+    /// token and the certificate's thumbprint): it works with that certificate only, and
+    /// without the token it says nothing about the certificate.
+    pub binding: [u8; 32],
+}
+
+/// Format 1 of a session (bound to the device id only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSessionV1 {
+    device: DeviceId,
+    user: UserId,
+    created: Timestamp,
+    expires: Timestamp,
+    last_seen: Timestamp,
 }
 
 /// Versioned encoding of [`StoredSession`].
 #[derive(Serialize, Deserialize)]
 pub enum SessionRecord {
-    /// Format 1.
-    V1(StoredSession),
+    /// Format 1: read with an all-zero binding, which matches no certificate (such a
+    /// session is refused and its user logs in again).
+    V1(StoredSessionV1),
+    /// Format 2: with the certificate thumbprint.
+    V2(StoredSession),
 }
 
 /// A user's login failures and TOTP replay guard.
@@ -53,7 +70,15 @@ const LOGIN: &str = "a login record";
 
 fn decode_session(bytes: &[u8]) -> Result<StoredSession, StoreError> {
     match decode::<SessionRecord>(bytes, SESSION)? {
-        SessionRecord::V1(s) => Ok(s),
+        SessionRecord::V1(s) => Ok(StoredSession {
+            device: s.device,
+            user: s.user,
+            created: s.created,
+            expires: s.expires,
+            last_seen: s.last_seen,
+            binding: [0; 32],
+        }),
+        SessionRecord::V2(s) => Ok(s),
     }
 }
 
@@ -89,7 +114,7 @@ impl Store {
             {
                 t.remove(key)?;
             }
-            t.insert(token_hash, encode(&SessionRecord::V1(session.clone()))?.as_slice())?;
+            t.insert(token_hash, encode(&SessionRecord::V2(session.clone()))?.as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -104,7 +129,7 @@ impl Store {
             let current = t.get(token_hash)?.map(|g| decode_session(g.value())).transpose()?;
             if let Some(mut s) = current {
                 s.last_seen = s.last_seen.max(seen);
-                t.insert(token_hash, encode(&SessionRecord::V1(s))?.as_slice())?;
+                t.insert(token_hash, encode(&SessionRecord::V2(s))?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -195,5 +220,25 @@ impl Snapshot {
                 LoginRecord::V1(s) => Ok(s),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_1_session_reads_with_a_binding_no_certificate_has() {
+        let old = StoredSessionV1 {
+            device: DeviceId(7),
+            user: UserId(9),
+            created: Timestamp(1),
+            expires: Timestamp(2),
+            last_seen: Timestamp(1),
+        };
+        let bytes = encode(&SessionRecord::V1(old)).unwrap();
+        let s = decode_session(&bytes).unwrap();
+        assert_eq!((s.device, s.user, s.expires), (DeviceId(7), UserId(9), Timestamp(2)));
+        assert_eq!(s.binding, [0; 32]);
     }
 }
