@@ -35,6 +35,11 @@ fn writes_are_refused_for_the_future_window_after_a_start_and_reads_are_not() {
     assert_eq!(res.status, 200, "a read right after the start");
     let res = post(&mut conn, "early.txt", &[], b"x");
     assert_problem(&res, 401, "signed-before-start");
+    // The answer says when writes will be accepted.
+    let wait: u64 = res.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=4).contains(&wait), "Retry-After {wait}");
+    let detail = res.json()["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("started moments ago"), "{detail}");
     std::thread::sleep(Duration::from_millis(3500));
     let mut conn = server.connect(&anna);
     upload(&mut conn, "later.txt", &[], b"x");

@@ -60,7 +60,8 @@ pub enum ClientError {
 
 fn hint(kind: &str) -> &'static str {
     match kind {
-        "request-time-skewed" | "signed-before-start" => " (check this machine's clock, then retry)",
+        "request-time-skewed" => " (check this machine's clock, then retry)",
+        "signed-before-start" => " (retry in a few seconds; if it persists, check this machine's clock)",
         "device-revoked" | "device-expired" | "device-unknown" => " (this device must be enrolled again)",
         "login-failed" => " (check the user name and password)",
         "account-locked" | "too-many-auth-failures" => " (wait, or ask an administrator: coffer user unlock)",

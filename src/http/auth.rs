@@ -625,11 +625,19 @@ impl Identified {
         }
         let not_before = settings.not_before + if write { ahead } else { 0 };
         if date_secs < not_before {
+            // A write dated after the start but inside the window in which writes wait
+            // (see `not_before`) can simply be signed again in a few seconds.
+            let wait = not_before - date_secs;
+            let detail = if write && date_secs >= settings.not_before {
+                format!("the server started moments ago and accepts writes in {wait} s; sign it again then")
+            } else {
+                "the request was signed before the server started; sign it again and retry".to_owned()
+            };
             return Err((
-                Problem::detail(
-                    Reason::SignedBeforeStart,
-                    "the request was signed before the server started; sign it again and retry",
-                ),
+                Problem {
+                    retry_after: u64::try_from(wait).ok().filter(|_| write),
+                    ..Problem::detail(Reason::SignedBeforeStart, detail)
+                },
                 "signed before the server started".into(),
             ));
         }
