@@ -243,6 +243,28 @@ impl Default for AuthConfig {
     }
 }
 
+/// Parses a duration: a whole number with a unit, `s`, `m`, `h` or `d` (`90s`, `15m`,
+/// `24h`, `7d`), or plain seconds. Returns seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 90s, 15m, 24h or 7d"))?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(unit_secs)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))
+}
+
 /// The configuration is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -556,6 +578,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration(" 24h "), Ok(86_400));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("30"), Ok(30));
+        for bad in ["", "m", "1.5h", "-1s", "10w", "1 h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn unknown_key_is_named() {

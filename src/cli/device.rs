@@ -72,23 +72,10 @@ pub struct RenewCmd {
     legacy_p12: bool,
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d` (or plain seconds) into seconds.
+/// An enrolment code's lifetime: a duration (`90s`, `30m`, `24h`, `7d`) within
+/// [`crate::app::enrol::CODE_TTL_RANGE`].
 fn parse_ttl(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: write e.g. 30m, 24h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
-    };
+    let secs = crate::config::parse_duration(text)?;
     if !crate::app::enrol::CODE_TTL_RANGE.contains(&secs) {
         return Err("a code lives 1 minute to 30 days".into());
     }
