@@ -492,3 +492,45 @@ fn serve_dev_allows_loopback() {
     let stderr = server.kill();
     assert!(!stderr.contains("not in allow_cidrs"), "{stderr}");
 }
+
+// ---- connections per address ----
+
+#[test]
+fn connections_beyond_the_per_address_cap_are_closed_before_tls_and_slots_come_back() {
+    let mut options = test_options();
+    options.limits.max_connections_per_ip = 2;
+    let server = start_server_on("127.0.0.1:0".parse().unwrap(), options);
+    let alice = member_device(&server, "alice");
+    let config = server.client_config(Some(&alice));
+    // Two connections from 127.0.0.1 are held open...
+    let first = tls_from(LO1, server.addr(), config.clone());
+    let _second = tls_from(LO1, server.addr(), config.clone());
+    // ...so a third from the same address gets not a byte,
+    let third = connect_from(LO1, server.addr()).expect("connect");
+    assert_closed_without_a_byte(third, config.clone(), "a third connection from 127.0.0.1");
+    // while another address has its own quota.
+    let mut other = tls_from(LO2, server.addr(), config.clone());
+    let res = raw_request(&mut other, alice.signer().as_ref(), "GET", "/v1/documents", &[], b"");
+    assert_eq!(res.status, 200, "{}", text(&res.body));
+    // Closing one connection gives its slot back (once the server has seen the close).
+    drop(first);
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    loop {
+        let tcp = connect_from(LO1, server.addr()).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = ServerName::try_from("localhost".to_owned()).unwrap();
+        let mut stream = StreamOwned::new(ClientConnection::new(config.clone(), name).unwrap(), tcp);
+        let mut handshake = Ok(());
+        while stream.conn.is_handshaking() && handshake.is_ok() {
+            handshake = stream.conn.complete_io(&mut stream.sock).map(|_| ());
+        }
+        if handshake.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

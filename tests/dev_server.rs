@@ -6,15 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::Running;
 use common::*;
 
 /// How long a start may take (init, certificates and the demo device on the first).
@@ -40,10 +40,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// A running `coffer serve --dev`; dropping it kills the process and waits for it.
 struct DevServer {
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-    /// Further stdout lines, as they arrive.
-    stdout_lines: Receiver<String>,
+    process: Running,
     /// The address printed on the first line.
     addr: SocketAddr,
     /// The indented commands, without their indentation.
@@ -58,85 +55,31 @@ impl DevServer {
     /// Starts `coffer serve --dev --listen 127.0.0.1:0` in `dir` with extra `env`, and
     /// reads what it prints until the fetch command.
     fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = coffer_in(dir)
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start coffer serve --dev");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut server = Self {
-            child: Some(child),
-            stderr,
-            stdout_lines: rx,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            client_put: String::new(),
-            client_list: String::new(),
-            login: String::new(),
-            upload: String::new(),
-            fetch: String::new(),
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        let mut lines = Vec::new();
-        while lines.len() < 8 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match server.stdout_lines.recv_timeout(left) {
-                Ok(line) => lines.push(line),
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "serve --dev printed only {lines:?} within {START_TIMEOUT:?}; stderr: {}",
-                    server.stderr()
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = server.child.as_mut().unwrap().wait().unwrap();
-                    // Let the stderr thread catch up.
-                    std::thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "serve --dev ended ({status}) after printing {lines:?}; stderr: {}",
-                        server.stderr()
-                    );
-                }
-            }
-        }
-        let url = lines[0]
-            .strip_prefix("coffer listening on https://")
-            .unwrap_or_else(|| panic!("first line: {lines:?}"));
-        server.addr = url.parse().unwrap_or_else(|e| panic!("address {url:?}: {e}"));
-        assert!(server.addr.ip().is_loopback() && server.addr.port() != 0, "{lines:?}");
-        assert!(lines[1].starts_with("with the reference client"), "{lines:?}");
-        assert!(lines[4].starts_with("with curl"), "{lines:?}");
+        let mut cmd = coffer_in(dir);
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied());
+        let mut process = Running::spawn(cmd);
+        // Returns once requests signed now are accepted (from the second after the start).
+        let addr = process.listening_on("serve --dev");
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        let lines: Vec<String> = (0..7).map(|_| process.next_line("serve --dev")).collect();
+        assert!(lines[0].starts_with("with the reference client"), "{lines:?}");
+        assert!(lines[3].starts_with("with curl"), "{lines:?}");
         let indented = |l: &str, starts: &[&str]| {
             l.strip_prefix("  ")
                 .filter(|c| starts.iter().any(|s| c.starts_with(s)))
                 .unwrap_or_else(|| panic!("not an indented command starting with {starts:?}: {l:?}"))
                 .to_owned()
         };
-        server.client_put = indented(&lines[2], &["/", "./"]);
-        server.client_list = indented(&lines[3], &["/", "./"]);
-        server.login = indented(&lines[5], &["TOKEN=$(curl "]);
-        server.upload = indented(&lines[6], &["ID=$(curl "]);
-        server.fetch = indented(&lines[7], &["curl "]);
+        let server = Self {
+            addr,
+            client_put: indented(&lines[1], &["/", "./"]),
+            client_list: indented(&lines[2], &["/", "./"]),
+            login: indented(&lines[4], &["TOKEN=$(curl "]),
+            upload: indented(&lines[5], &["ID=$(curl "]),
+            fetch: indented(&lines[6], &["curl "]),
+            process,
+        };
         for c in [&server.login, &server.upload, &server.fetch] {
             assert!(
                 c.contains("--aws-sigv4 'aws:amz:local:coffer'") && c.contains(" --user '"),
@@ -148,48 +91,18 @@ impl DevServer {
             server.login.contains(&port) && server.upload.contains(&port) && server.fetch.contains(&port),
             "the commands do not use the listening port: {lines:?}"
         );
-        // Requests signed in the second the server started are refused (no replay window
-        // across restarts): let that second pass.
-        std::thread::sleep(Duration::from_millis(1000));
         server
     }
 
     /// What the server wrote on stderr so far.
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.process.stderr_now()
     }
 
     /// Stops the server as Ctrl-C/systemd would (SIGTERM) and waits for it to exit.
     fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("running");
-        rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM)
-            .expect("send SIGTERM");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "serve --dev did not stop within {STOP_TIMEOUT:?} of SIGTERM; stderr: {}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        (status, self.stderr())
-    }
-}
-
-impl Drop for DevServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.signal(rustix::process::Signal::TERM);
+        self.process.wait_exit(STOP_TIMEOUT, "serve --dev after SIGTERM")
     }
 }
 

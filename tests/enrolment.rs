@@ -27,7 +27,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use common::client::{Connection, Response, Signer, read_response, unique_nonce};
-use common::server::{Identity, TestServer, assert_problem, start_server, start_server_with, test_options};
+use common::server::{
+    Identity, TestServer, assert_problem, assert_status, start_server, start_server_with, test_options,
+};
 
 // ---- CSRs ----
 
@@ -308,17 +310,6 @@ fn list_names(conn: &mut Connection) -> Vec<String> {
         .iter()
         .map(|d| d["name"].as_str().expect("name").to_owned())
         .collect()
-}
-
-#[track_caller]
-fn assert_status(res: &Response, status: u16) {
-    assert_eq!(
-        res.status,
-        status,
-        "expected {status}, got {}: {}",
-        res.status,
-        String::from_utf8_lossy(&res.body)
-    );
 }
 
 /// The problem's `detail`, or "".

@@ -20,7 +20,8 @@ use coffer::http::ServerOptions;
 
 use common::client::{Response, raw_tls, read_response};
 use common::server::{
-    Identity, TestServer, assert_problem, id_of, meta_path, start_server, start_server_with, test_options, upload,
+    Identity, TestServer, assert_problem, assert_status, id_of, meta_path, start_server, start_server_with,
+    test_options, upload,
 };
 
 // ---- an independent signer, and requests sent exactly as built ----
@@ -301,17 +302,6 @@ fn title_of(server: &TestServer, who: &Identity, id: &str) -> String {
     let res = conn.request("GET", &meta_path(id), &[], b"").expect("meta");
     assert_eq!(res.status, 200, "{}", String::from_utf8_lossy(&res.body));
     res.json()["title"].as_str().expect("title").to_owned()
-}
-
-#[track_caller]
-fn assert_status(res: &Response, status: u16) {
-    assert_eq!(
-        res.status,
-        status,
-        "expected {status}, got {}: {}",
-        res.status,
-        String::from_utf8_lossy(&res.body)
-    );
 }
 
 // ---- accepted, and refused when one byte changes ----

@@ -221,7 +221,8 @@ impl Vault {
                     Ok((device, cert_der))
                 }
                 Some(id) => {
-                    let (device, cert_der) = self.renew_in(txn, id, &spki, days, Some(device_name), secret.clone())?;
+                    let (device, cert_der) =
+                        self.renew_in(txn, &ca, id, &spki, days, Some(device_name), secret.clone())?;
                     renewed = Some(id);
                     Ok((device, cert_der))
                 }
@@ -251,7 +252,7 @@ impl Vault {
         let secret = new_signing_secret()?;
         let mut out = None;
         self.store.update_devices_with(|txn| {
-            out = Some(self.renew_in(txn, id, &spki, days, None, secret.clone())?);
+            out = Some(self.renew_in(txn, &ca, id, &spki, days, None, secret.clone())?);
             Ok::<_, EnrolError>(())
         })?;
         let (device, cert_der) = out.ok_or(EnrolError::Pki(PkiFileError::Vault(VaultError::NotFound("device"))))?;
@@ -278,16 +279,17 @@ impl Vault {
 
     /// Renews device `id` inside `txn`: a certificate for `spki`, the old serial retired,
     /// a new secret, optionally a new name.
+    #[allow(clippy::too_many_arguments)]
     fn renew_in(
         &self,
         txn: &redb::WriteTransaction,
+        ca: &crate::pki::Ca,
         id: DeviceId,
         spki: &[u8],
         days: u32,
         name: Option<&str>,
         secret: SecretString,
     ) -> Result<(DeviceInfo, Vec<u8>), EnrolError> {
-        let ca = self.ca()?;
         let cert_der = ca.issue_device(id, spki, days).map_err(PkiFileError::from)?;
         let info = cert_info(&cert_der, "device certificate").map_err(PkiFileError::from)?;
         let expires = Timestamp(info.not_after.saturating_mul(1000));

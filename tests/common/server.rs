@@ -346,6 +346,18 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Asserts the status, showing the body when it differs.
+#[track_caller]
+pub fn assert_status(res: &Response, status: u16) {
+    assert_eq!(
+        res.status,
+        status,
+        "expected {status}, got {}: {}",
+        res.status,
+        String::from_utf8_lossy(&res.body)
+    );
+}
+
 /// Panics unless `res` has `status` and is a problem of type `slug`.
 #[track_caller]
 pub fn assert_problem(res: &Response, status: u16, slug: &str) {
