@@ -126,26 +126,66 @@ fn put_replace_delete_and_batch_outcomes() {
 }
 
 #[test]
-fn a_fetch_never_overwrites_a_record_pushed_while_it_ran() {
+fn a_fetch_never_replaces_or_removes_a_record_pushed_while_it_ran() {
     let (_dirs, vault) = temp_vault();
-    let started = Timestamp::now();
-    std::thread::sleep(std::time::Duration::from_millis(5));
+    // The fetch began when there was no record; an integration pushed one meanwhile.
+    let seen = vault.erp_get("customers", "C-1").unwrap();
+    assert_eq!(seen, None);
     put(&vault, "customers", "C-1", r#"{"pushed":true}"#);
     let now = Timestamp::now();
     let kept = vault
-        .erp_store_fetched("customers", record("C-1", r#"{"fetched":true}"#, now), now, started)
+        .erp_store_fetched("customers", record("C-1", r#"{"fetched":true}"#, now), now, None)
+        .unwrap()
         .unwrap();
     assert_eq!(kept.value, br#"{"pushed":true}"#);
     assert_eq!(
         value_of(&vault, "customers", "C-1").as_deref(),
         Some(r#"{"pushed":true}"#)
     );
-    // A fetch that started after the push replaces it.
-    let later = Timestamp::now();
+    // Nor does the upstream's "no such record" remove it.
+    assert!(!vault.erp_delete_if("customers", "C-1", Some(None)).unwrap());
+    assert!(value_of(&vault, "customers", "C-1").is_some());
+    // A fetch that began after the push replaces it; one that saw it removes it.
+    let seen = vault.erp_get("customers", "C-1").unwrap();
     let stored = vault
-        .erp_store_fetched("customers", record("C-1", r#"{"fetched":2}"#, later), later, later)
+        .erp_store_fetched("customers", record("C-1", r#"{"fetched":2}"#, now), now, seen.as_ref())
+        .unwrap()
         .unwrap();
     assert_eq!(stored.value, br#"{"fetched":2}"#);
+    assert!(vault.erp_delete_if("customers", "C-1", Some(Some(stored.id))).unwrap());
+    assert_eq!(value_of(&vault, "customers", "C-1"), None);
+    // Pushed away while a fetch ran: the fetch stores nothing.
+    put(&vault, "customers", "C-2", "1");
+    let seen = vault.erp_get("customers", "C-2").unwrap();
+    assert!(vault.erp_delete("customers", "C-2").unwrap());
+    assert_eq!(
+        vault
+            .erp_store_fetched("customers", record("C-2", "2", now), now, seen.as_ref())
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn unchanged_content_keeps_its_entity_tag_across_a_key_rotation() {
+    let (_dirs, mut vault) = temp_vault();
+    put(&vault, "customers", "C-1", r#"{"v":1}"#);
+    let before = vault.erp_get("customers", "C-1").unwrap().unwrap();
+    vault.rotate(|_| {}).unwrap();
+    // Pushed again, and fetched again, with the same content: the same tag.
+    put(&vault, "customers", "C-1", r#"{"v":1}"#);
+    let pushed = vault.erp_get("customers", "C-1").unwrap().unwrap();
+    assert_eq!(pushed.etag, before.etag);
+    assert_ne!(pushed.id, before.id);
+    let now = Timestamp::now();
+    let fetched = vault
+        .erp_store_fetched("customers", record("C-1", r#"{"v":1}"#, now), now, Some(&pushed))
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.etag, before.etag);
+    // Changed content: another tag.
+    put(&vault, "customers", "C-1", r#"{"v":2}"#);
+    assert_ne!(vault.erp_get("customers", "C-1").unwrap().unwrap().etag, before.etag);
 }
 
 #[test]
@@ -297,6 +337,23 @@ fn edited_records_are_integrity_errors_never_other_data() {
     let dirs = setup();
     tamper_only_record(&dirs, |r| r.collection = "orders".into());
     assert_unreadable(&dirs, "customers", "C-1");
+}
+
+#[test]
+fn an_index_entry_leading_nowhere_does_not_block_the_key_for_good() {
+    let (dirs, vault) = temp_vault();
+    put(&vault, "customers", "C-1", "1");
+    drop(vault);
+    raw_write(&dirs.paths, |txn| {
+        let mut t = txn.open_table(ERP_RECORDS).expect("table");
+        let id = t.iter().expect("iter").next().expect("one").expect("entry").0.value();
+        t.remove(id).expect("remove");
+    });
+    let vault = open_vault(&dirs.paths);
+    assert!(vault.erp_get("customers", "C-1").is_err(), "reported as damage");
+    // A write repairs it: the key can be pushed again (or purged).
+    put(&vault, "customers", "C-1", "2");
+    assert_eq!(value_of(&vault, "customers", "C-1").as_deref(), Some("2"));
 }
 
 #[test]

@@ -35,6 +35,8 @@ enum ErpBodyFormat {
 /// A record as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErpRecord {
+    /// The stored record's random id (new with every write).
+    pub id: u128,
     /// The record's key.
     pub key: String,
     /// The value: JSON text as pushed or fetched.
@@ -151,33 +153,54 @@ impl Vault {
 
     /// The record stored under (collection, key), whatever its age.
     pub fn erp_get(&self, collection: &str, key: &str) -> Result<Option<ErpRecord>, VaultError> {
+        Ok(self.erp_get_within(collection, key, u64::MAX)?.and_then(Result::ok))
+    }
+
+    /// Like [`Vault::erp_get`], but a record whose value is larger than `limit` bytes is
+    /// not opened: `Err(its size)` instead.
+    pub fn erp_get_within(
+        &self,
+        collection: &str,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<Result<ErpRecord, u64>>, VaultError> {
         let Some((id, r)) = self.store.erp_lookup(&self.erp_indexes(collection, key))? else {
             return Ok(None);
         };
+        if r.size > limit {
+            return Ok(Some(Err(r.size)));
+        }
         let (stored_key, value, etag) = self.open_erp(id, &r)?;
         // The index entry led to another record (the file was edited): damage, not data.
         if stored_key != key || r.collection != collection {
             return Err(Self::damaged(Purpose::ErpRecord, id));
         }
-        Ok(Some(ErpRecord {
+        Ok(Some(Ok(ErpRecord {
+            id,
             key: stored_key,
             value,
             etag,
             stored: r.stored,
             fresh_until: r.fresh_until,
             stale_until: r.stale_until,
-        }))
+        })))
     }
 
+    /// Seals a new record. Its entity tag is `previous`'s when the value is the same, so
+    /// a tag stays stable for unchanged content even across master key rotations.
     fn seal_erp(
         &self,
         collection: &str,
         new: &NewErpRecord,
         now: Timestamp,
+        previous: Option<&ErpRecord>,
     ) -> Result<(u128, StoredErpRecord, [u8; ETAG_LEN]), VaultError> {
         let id = u128::from_be_bytes(crate::crypto::random_bytes()?);
         let master = self.keyring.current().1;
-        let tag = etag(master, collection, &new.key, &new.value);
+        let tag = match previous {
+            Some(p) if p.value == new.value => p.etag,
+            _ => etag(master, collection, &new.key, &new.value),
+        };
         let mut record = StoredErpRecord {
             collection: collection.to_owned(),
             index: index_hash(master, INDEX_ERP_KEY, &index_value(collection, &new.key)),
@@ -212,18 +235,21 @@ impl Vault {
         for op in ops {
             match op {
                 ErpOp::Put(new) => {
-                    let (id, record, tag) = self.seal_erp(collection, new, now)?;
+                    // An unreadable previous record is simply replaced.
+                    let previous = self.erp_get(collection, &new.key).ok().flatten();
+                    let (id, record, tag) = self.seal_erp(collection, new, now, previous.as_ref())?;
                     changes.push(ErpChange::Put {
                         indexes: self.erp_indexes(collection, &new.key),
                         id,
                         record,
-                        unless_stored_after: None,
+                        only_if_current: None,
                     });
                     tags.push(Some(tag));
                 }
                 ErpOp::Delete(key) => {
                     changes.push(ErpChange::Delete {
                         indexes: self.erp_indexes(collection, key),
+                        only_if_current: None,
                     });
                     tags.push(None);
                 }
@@ -243,42 +269,54 @@ impl Vault {
             .collect()
     }
 
-    /// Stores a record fetched from the upstream, unless one stored after `fetch_started`
-    /// exists (then that one is returned). The commit is not synced: a crash loses at most
-    /// records that can be fetched again.
+    /// Stores a record fetched from the upstream if the key's record is still `seen` (the
+    /// record read when the fetch began; `None`: there was none). Otherwise the record stored
+    /// meanwhile (pushed by an integration) is kept and returned. The commit is not synced:
+    /// a crash loses at most records that can be fetched again.
     pub fn erp_store_fetched(
         &self,
         collection: &str,
         new: NewErpRecord,
         now: Timestamp,
-        fetch_started: Timestamp,
-    ) -> Result<ErpRecord, VaultError> {
-        let (id, record, tag) = self.seal_erp(collection, &new, now)?;
+        seen: Option<&ErpRecord>,
+    ) -> Result<Option<ErpRecord>, VaultError> {
+        let (id, record, tag) = self.seal_erp(collection, &new, now, seen)?;
         let change = ErpChange::Put {
             indexes: self.erp_indexes(collection, &new.key),
             id,
             record: record.clone(),
-            unless_stored_after: Some(fetch_started),
+            only_if_current: Some(seen.map(|r| r.id)),
         };
         match self.store.erp_apply(vec![change], false)?.first() {
-            Some(ErpChanged::Stored { .. }) => Ok(ErpRecord {
+            Some(ErpChanged::Stored { .. }) => Ok(Some(ErpRecord {
+                id,
                 key: new.key,
                 value: new.value,
                 etag: tag,
                 stored: record.stored,
                 fresh_until: record.fresh_until,
                 stale_until: record.stale_until,
-            }),
-            _ => self
-                .erp_get(collection, &new.key)?
-                .ok_or(VaultError::NotFound("ERP record")),
+            })),
+            _ => self.erp_get(collection, &new.key),
         }
     }
 
     /// Removes the record of (collection, key); true if there was one. Durable.
     pub fn erp_delete(&self, collection: &str, key: &str) -> Result<bool, VaultError> {
+        self.erp_delete_if(collection, key, None)
+    }
+
+    /// Removes the record of (collection, key) if it is still `only_if_current` (when
+    /// given; see [`Vault::erp_store_fetched`]); true if a record was removed. Durable.
+    pub fn erp_delete_if(
+        &self,
+        collection: &str,
+        key: &str,
+        only_if_current: Option<Option<u128>>,
+    ) -> Result<bool, VaultError> {
         let changes = vec![ErpChange::Delete {
             indexes: self.erp_indexes(collection, key),
+            only_if_current,
         }];
         Ok(matches!(
             self.store.erp_apply(changes, true)?.first(),

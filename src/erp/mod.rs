@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::app::erp::{ErpRecord, NewErpRecord};
 use crate::app::{Vault, VaultError};
 use crate::config::{ConfigError, ErpConfig, parse_duration};
-use crate::model::{Role, Timestamp};
+use crate::model::{DeviceId, Role, Timestamp};
 use upstream::{FetchError, Fetched, Template, TlsFiles, Upstream};
 
 /// Longest record key, bytes (UTF-8).
@@ -57,6 +57,18 @@ pub fn check_collection_name(name: &str) -> Result<(), String> {
     } else {
         Err("a collection name is 1 to 64 of a-z, 0-9, '_' and '-', starting with a letter or digit".into())
     }
+}
+
+/// Deepest nesting of arrays and objects accepted in a record (serde_json's own limit,
+/// which refuses a 128th level): deeper documents would break the apps' parsers.
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// Checks that `bytes` is one JSON value in UTF-8, nested at most [`MAX_JSON_DEPTH`] deep.
+pub fn check_json(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the record is not UTF-8 text".to_owned())?;
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(drop)
+        .map_err(|e| format!("the record is not valid JSON (at most {MAX_JSON_DEPTH} levels deep): {e}"))
 }
 
 /// Counts since the server started, per collection.
@@ -108,6 +120,8 @@ pub struct Collection {
     settings: Option<UpstreamSettings>,
     upstream: Option<Arc<Upstream>>,
     counters: AtomicCounters,
+    /// (time of the last upstream-failure log line, failures not logged since).
+    failure_log: Mutex<(i64, u64)>,
 }
 
 impl Collection {
@@ -145,6 +159,28 @@ impl Collection {
         which(&self.counters).fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Logs an upstream failure, at most once per 10 s (with the count of those not
+    /// logged), so a flood of failing reads cannot flood the log.
+    fn log_failure(&self, origin: &str, why: &str) {
+        let now = Timestamp::now().0;
+        let mut log = self.failure_log.lock().unwrap_or_else(PoisonError::into_inner);
+        if now - log.0 < FAILURE_LOG_EVERY_MS {
+            log.1 += 1;
+            return;
+        }
+        let more = std::mem::take(&mut log.1);
+        log.0 = now;
+        drop(log);
+        if more > 0 {
+            eprintln!(
+                "erp: upstream of collection {} ({origin}) failed: {why} (and {more} more failure(s) since the last report)",
+                self.name
+            );
+        } else {
+            eprintln!("erp: upstream of collection {} ({origin}) failed: {why}", self.name);
+        }
+    }
+
     /// Until when `r` may be served stale under the current configuration.
     fn stale_until(&self, r: &ErpRecord) -> Timestamp {
         Timestamp(r.fresh_until.0.saturating_add(self.stale_ms))
@@ -162,11 +198,20 @@ enum Outcome {
     Gone,
     /// The upstream call failed.
     Failed(FetchError),
+    /// No turn for an upstream call came within the upstream timeout.
+    Busy,
     /// Storing failed.
     Internal(String),
 }
 
 type Flight = watch::Receiver<Option<Arc<Outcome>>>;
+
+/// Most upstream calls one device may be waiting on at once.
+pub const MAX_MISSES_PER_DEVICE: u32 = 8;
+/// Flights (distinct keys being fetched or queued) per allowed concurrent upstream call.
+const FLIGHTS_PER_FETCH: usize = 16;
+/// At most one log line per collection about upstream failures in this many ms.
+const FAILURE_LOG_EVERY_MS: i64 = 10_000;
 
 #[derive(Debug)]
 struct Inner {
@@ -174,7 +219,9 @@ struct Inner {
     purge_interval: Duration,
     max_record_bytes: u32,
     fetches: Arc<Semaphore>,
+    max_flights: usize,
     flights: Mutex<HashMap<(String, String), Flight>>,
+    misses: Mutex<HashMap<DeviceId, u32>>,
     live: bool,
 }
 
@@ -266,6 +313,11 @@ pub enum ReadError {
     UpstreamFailed,
     /// The upstream did not answer in time and no stale record could stand in.
     UpstreamTimeout,
+    /// Too many upstream calls are waiting (overall, or for this device) and no stale
+    /// record could stand in.
+    Busy,
+    /// The record is larger than the caller's budget (multi-get).
+    TooLarge,
     /// The vault failed (damage, I/O).
     Vault(VaultError),
     /// Something else failed; logged.
@@ -383,6 +435,7 @@ impl Erp {
                     settings,
                     upstream: None,
                     counters: AtomicCounters::default(),
+                    failure_log: Mutex::new((0, 0)),
                 },
             );
         }
@@ -392,7 +445,9 @@ impl Erp {
                 purge_interval: Duration::from_secs(purge),
                 max_record_bytes: config.max_record_bytes,
                 fetches: Arc::new(Semaphore::new(config.max_upstream_fetches as usize)),
+                max_flights: FLIGHTS_PER_FETCH * config.max_upstream_fetches as usize,
                 flights: Mutex::new(HashMap::new()),
+                misses: Mutex::new(HashMap::new()),
                 live: false,
             }),
         })
@@ -469,13 +524,27 @@ impl Erp {
         })
     }
 
-    /// Reads `key` of `collection` (already authorised and checked): from the cache when
-    /// fresh, else from the upstream (one call per key at a time), else stale within its
-    /// window.
-    pub async fn read(&self, vault: &Arc<Vault>, collection: &Collection, key: &str) -> Result<Served, ReadError> {
+    /// Reads `key` of `collection` (already authorised and checked) for `device`: from the
+    /// cache when fresh, else from the upstream (one call per key at a time), else stale
+    /// within its window. A record larger than `budget` bytes is not opened
+    /// ([`ReadError::TooLarge`]).
+    pub async fn read(
+        &self,
+        vault: &Arc<Vault>,
+        collection: &Collection,
+        key: &str,
+        device: DeviceId,
+        budget: usize,
+    ) -> Result<Served, ReadError> {
+        let limit = u64::try_from(budget).unwrap_or(u64::MAX);
         let cached = {
             let (vault, name, key) = (vault.clone(), collection.name.clone(), key.to_owned());
-            blocking(move || vault.erp_get(&name, &key)).await??
+            blocking(move || vault.erp_get_within(&name, &key, limit)).await??
+        };
+        let cached = match cached {
+            Some(Err(_too_large)) => return Err(ReadError::TooLarge),
+            Some(Ok(r)) => Some(r),
+            None => None,
         };
         let now = Timestamp::now();
         if let Some(r) = &cached
@@ -504,9 +573,24 @@ impl Erp {
                 }
             };
         };
-        let (outcome, collapsed) = self.fly(vault, collection, upstream, key).await;
+        let (outcome, collapsed) = match self.take_miss(device) {
+            Some(_turn) => self.fly(vault, collection, upstream, key).await,
+            None => (Arc::new(Outcome::Busy), false),
+        };
         let now = Timestamp::now();
+        let stale = |fwd_status: u16, otherwise: ReadError| match &cached {
+            Some(r) if now < collection.stale_until(r) => {
+                collection.count(|c| &c.stale);
+                Ok(Served {
+                    record: r.clone(),
+                    via: Via::StaleIfError { fwd_status },
+                    now,
+                })
+            }
+            _ => Err(otherwise),
+        };
         match &*outcome {
+            Outcome::Fresh(r) | Outcome::Stored(r) if r.value.len() > budget => Err(ReadError::TooLarge),
             Outcome::Fresh(r) => {
                 collection.count(|c| &c.hits);
                 Ok(Served {
@@ -533,23 +617,25 @@ impl Erp {
                 collection.count(|c| &c.misses);
                 Err(ReadError::NotFound)
             }
-            Outcome::Failed(e) => {
-                let fwd_status = if *e == FetchError::Timeout { 504 } else { 502 };
-                match cached {
-                    Some(r) if now < collection.stale_until(&r) => {
-                        collection.count(|c| &c.stale);
-                        Ok(Served {
-                            record: r,
-                            via: Via::StaleIfError { fwd_status },
-                            now,
-                        })
-                    }
-                    _ if fwd_status == 504 => Err(ReadError::UpstreamTimeout),
-                    _ => Err(ReadError::UpstreamFailed),
-                }
-            }
+            Outcome::Failed(FetchError::Timeout) => stale(504, ReadError::UpstreamTimeout),
+            Outcome::Failed(FetchError::Failed(_)) => stale(502, ReadError::UpstreamFailed),
+            Outcome::Busy => stale(503, ReadError::Busy),
             Outcome::Internal(_) => Err(ReadError::Internal),
         }
+    }
+
+    /// A turn among the upstream calls `device` may wait on, if it has one left.
+    fn take_miss(&self, device: DeviceId) -> Option<MissTurn> {
+        let mut misses = self.inner.misses.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = misses.entry(device).or_insert(0);
+        if *n >= MAX_MISSES_PER_DEVICE {
+            return None;
+        }
+        *n += 1;
+        Some(MissTurn {
+            erp: self.clone(),
+            device,
+        })
     }
 
     /// Joins the flight for (collection, key), or starts it. Returns its outcome and
@@ -562,20 +648,26 @@ impl Erp {
         key: &str,
     ) -> (Arc<Outcome>, bool) {
         let flight_key = (collection.name.clone(), key.to_owned());
-        let (mut rx, joined) = {
+        let joined = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            match flights.get(&flight_key) {
-                Some(rx) => (rx.clone(), true),
+            // A flight whose task is gone (its runtime stopped) is replaced.
+            let live = flights.get(&flight_key).filter(|rx| rx.has_changed().is_ok()).cloned();
+            match live {
+                Some(rx) => Some((rx, true)),
+                None if flights.len() >= self.inner.max_flights => None,
                 None => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(flight_key.clone(), rx.clone());
-                    self.launch(vault.clone(), collection, upstream.clone(), flight_key, tx);
-                    (rx, false)
+                    self.launch(vault.clone(), collection, upstream.clone(), flight_key, tx, rx.clone());
+                    Some((rx, false))
                 }
             }
         };
-        // The flight runs on its own task, bounded by the upstream timeout; waiting here is
-        // bounded too, in case it queued long for a turn.
+        let Some((mut rx, joined)) = joined else {
+            return (Arc::new(Outcome::Busy), false);
+        };
+        // The flight runs on its own task, bounded by the wait for a turn and the upstream
+        // timeout; waiting here is bounded too.
         let patience = upstream.timeout() * 2 + Duration::from_secs(5);
         let done = tokio::time::timeout(patience, rx.wait_for(Option::is_some)).await;
         let outcome = match done {
@@ -597,37 +689,45 @@ impl Erp {
         upstream: Arc<Upstream>,
         flight_key: (String, String),
         tx: watch::Sender<Option<Arc<Outcome>>>,
+        own: Flight,
     ) {
         let erp = self.clone();
         let ttl_ms = collection.ttl_ms;
         let stale_ms = collection.stale_ms;
         tokio::spawn(async move {
-            let permit = erp.inner.fetches.clone().acquire_owned().await;
+            // However this task ends, its entry leaves the map (only its own: a newer
+            // flight for the same key may have replaced it).
+            let _entry = FlightEntry {
+                erp: erp.clone(),
+                key: flight_key.clone(),
+                own,
+            };
+            let permit = tokio::time::timeout(upstream.timeout(), erp.inner.fetches.clone().acquire_owned()).await;
+            let Ok(Ok(permit)) = permit else {
+                let _ = tx.send(Some(Arc::new(Outcome::Busy)));
+                return;
+            };
             // Everyone who asked may have given up while this waited for its turn (the
-            // map holds one receiver): then the ERP is not called for nobody.
-            // Checked under the map's lock, which a joining request also takes to clone
-            // its receiver, so nobody can join a flight that is being dropped.
-            {
-                let mut flights = erp.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
-                if tx.receiver_count() <= 1 {
-                    flights.remove(&flight_key);
-                    return;
-                }
+            // map holds one receiver, this task another): then the ERP is not called.
+            if tx.receiver_count() <= 2 {
+                let _ = tx.send(Some(Arc::new(Outcome::Busy)));
+                return;
             }
             let (name, key) = flight_key.clone();
             let counting = erp.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                // Another flight may have stored it since this request looked.
-                match vault.erp_get(&name, &key) {
+                // Another flight may have stored it since this request looked; the id seen
+                // now decides whether the answer may replace (or remove) what is stored.
+                let seen = match vault.erp_get(&name, &key) {
                     Ok(Some(r)) if Timestamp::now() < r.fresh_until => return Outcome::Fresh(r),
-                    Ok(_) => {}
+                    Ok(r) => r,
                     Err(e) => return Outcome::Internal(e.to_string()),
-                }
-                if let Some(c) = counting.collection(&name) {
-                    c.count(|c| &c.upstream_calls);
-                }
-                let started = Timestamp::now();
+                };
+                let Some(c) = counting.collection(&name) else {
+                    return Outcome::Internal("the collection is gone".into());
+                };
+                c.count(|c| &c.upstream_calls);
                 match upstream.fetch(&key) {
                     Ok(Fetched::Found(value)) => {
                         let now = Timestamp::now();
@@ -638,27 +738,29 @@ impl Erp {
                             fresh_until,
                             stale_until: Timestamp(fresh_until.0.saturating_add(stale_ms)),
                         };
-                        match vault.erp_store_fetched(&name, new, now, started) {
-                            Ok(r) => Outcome::Stored(r),
+                        match vault.erp_store_fetched(&name, new, now, seen.as_ref()) {
+                            Ok(Some(r)) => Outcome::Stored(r),
+                            // Removed by an integration while the call ran.
+                            Ok(None) => Outcome::Gone,
                             Err(e) => Outcome::Internal(e.to_string()),
                         }
                     }
-                    Ok(Fetched::Gone) => match vault.erp_delete(&name, &key) {
-                        Ok(_) => Outcome::Gone,
+                    Ok(Fetched::Gone) => match vault.erp_delete_if(&name, &key, Some(seen.map(|r| r.id))) {
+                        // A record pushed while the call ran stays and is served.
+                        Ok(_) => match vault.erp_get(&name, &key) {
+                            Ok(Some(r)) => Outcome::Stored(r),
+                            Ok(None) => Outcome::Gone,
+                            Err(e) => Outcome::Internal(e.to_string()),
+                        },
                         Err(e) => Outcome::Internal(e.to_string()),
                     },
                     Err(e) => {
-                        if let Some(c) = counting.collection(&name) {
-                            c.count(|c| &c.errors);
-                        }
+                        c.count(|c| &c.errors);
                         let why = match &e {
                             FetchError::Timeout => "timed out".to_owned(),
                             FetchError::Failed(m) => m.clone(),
                         };
-                        eprintln!(
-                            "erp: upstream of collection {name} ({}) failed: {why}",
-                            upstream.origin()
-                        );
+                        c.log_failure(upstream.origin(), &why);
                         Outcome::Failed(e)
                     }
                 }
@@ -669,8 +771,6 @@ impl Erp {
                 eprintln!("error: erp: collection {}: {why}", flight_key.0);
             }
             let _ = tx.send(Some(Arc::new(outcome)));
-            let mut flights = erp.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
-            flights.remove(&flight_key);
         });
     }
 
@@ -681,6 +781,40 @@ impl Erp {
             Some(c) => now.0 >= fresh_until.0.saturating_add(c.stale_ms),
             None => now >= stale_until,
         })
+    }
+}
+
+/// One of a device's turns at waiting on an upstream call; given back when dropped.
+struct MissTurn {
+    erp: Erp,
+    device: DeviceId,
+}
+
+impl Drop for MissTurn {
+    fn drop(&mut self) {
+        let mut misses = self.erp.inner.misses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = misses.get_mut(&self.device) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                misses.remove(&self.device);
+            }
+        }
+    }
+}
+
+/// A flight's entry in the map, removed when its task ends (normally or not).
+struct FlightEntry {
+    erp: Erp,
+    key: (String, String),
+    own: Flight,
+}
+
+impl Drop for FlightEntry {
+    fn drop(&mut self) {
+        let mut flights = self.erp.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if flights.get(&self.key).is_some_and(|rx| rx.same_channel(&self.own)) {
+            flights.remove(&self.key);
+        }
     }
 }
 
@@ -750,8 +884,22 @@ mod tests {
     }
 
     #[test]
+    fn records_must_be_utf8_json_of_bounded_depth() {
+        assert!(check_json(br#"{"a":[1,2,{"b":null}]}"#).is_ok());
+        assert!(check_json(b"null").is_ok());
+        assert!(check_json(b"{\"a\":\"\xff\xfe\"}").is_err());
+        assert!(check_json(b"{\"a\":1} x").is_err());
+        assert!(check_json(b"").is_err());
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_json(deep(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert!(check_json(deep(MAX_JSON_DEPTH + 1).as_bytes()).is_err());
+        assert!(check_json(deep(100_000).as_bytes()).is_err());
+    }
+
+    #[test]
     fn cache_status_follows_rfc_9211() {
         let record = ErpRecord {
+            id: 1,
             key: "k".into(),
             value: b"{}".to_vec(),
             etag: [0; 16],

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::secret::SecretString;
-
 /// Everything but RFC 3986's unreserved characters is percent-encoded.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
@@ -83,6 +81,16 @@ impl Template {
     pub fn is_https(&self) -> bool {
         self.origin.starts_with("https://")
     }
+
+    /// Whether the upstream is this machine (`localhost`, `127.0.0.0/8`, `[::1]`).
+    pub fn is_loopback(&self) -> bool {
+        let authority = self.origin.split_once("://").map_or("", |(_, a)| a);
+        let host = match authority.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// How an upstream call failed.
@@ -116,7 +124,8 @@ pub struct TlsFiles<'a> {
 pub struct Upstream {
     template: Template,
     agent: ureq::Agent,
-    bearer: Option<SecretString>,
+    /// `Bearer <token>`, marked sensitive; built once, so no copy is made per call.
+    bearer: Option<ureq::http::HeaderValue>,
     max_bytes: u64,
     timeout: Duration,
 }
@@ -127,6 +136,19 @@ impl std::fmt::Debug for Upstream {
             .field("origin", &self.template.origin)
             .field("bearer", &self.bearer.as_ref().map(|_| ".."))
             .finish_non_exhaustive()
+    }
+}
+
+/// Warns when a credential file can be read by other users than its owner.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        eprintln!(
+            "warning: {} can be read by other users: chmod 600 it (it holds an ERP credential)",
+            path.display()
+        );
     }
 }
 
@@ -164,18 +186,26 @@ impl Upstream {
         let bearer = match bearer_file {
             None => None,
             Some(path) => {
-                let raw = read_file(path, "bearer token file")?;
-                let token = String::from_utf8(raw)
-                    .map_err(|_| format!("{} is not UTF-8 text", path.display()))
-                    .map(SecretString::new)?;
-                let trimmed = token.expose().trim();
-                if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+                if !template.is_https() && !template.is_loopback() {
+                    return Err(
+                        "a bearer token would travel in clear over http:// to another machine: use https://".into(),
+                    );
+                }
+                warn_if_readable_by_others(path);
+                let raw = zeroize::Zeroizing::new(read_file(path, "bearer token file")?);
+                let token = std::str::from_utf8(&raw).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+                let token = token.trim();
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(format!(
                         "{} must hold one token of visible ASCII characters",
                         path.display()
                     ));
                 }
-                Some(SecretString::new(trimmed.to_owned()))
+                let text = zeroize::Zeroizing::new(format!("Bearer {token}"));
+                let mut value = ureq::http::HeaderValue::from_str(&text)
+                    .map_err(|_| format!("{} does not hold a valid header value", path.display()))?;
+                value.set_sensitive(true);
+                Some(value)
             }
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -199,6 +229,7 @@ impl Upstream {
             };
             tls_config = tls_config.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
             if let Some((cert, key)) = tls.client {
+                warn_if_readable_by_others(key);
                 let chain = pem_certs(cert)?;
                 let key_pem = read_file(key, "client key file")?;
                 let key = ureq::tls::PrivateKey::from_pem(&key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
@@ -256,13 +287,8 @@ impl Upstream {
             ));
         }
         let mut request = self.agent.get(uri).header("accept", "application/json");
-        let authorization;
-        if let Some(token) = &self.bearer {
-            authorization = zeroize::Zeroizing::new(format!("Bearer {}", token.expose()));
-            let mut value = ureq::http::HeaderValue::from_str(&authorization)
-                .map_err(|_| FetchError::Failed("the bearer token is not a valid header value".into()))?;
-            value.set_sensitive(true);
-            request = request.header("authorization", value);
+        if let Some(value) = &self.bearer {
+            request = request.header("authorization", value.clone());
         }
         let mut response = request.call().map_err(classify)?;
         match response.status().as_u16() {
@@ -273,10 +299,8 @@ impl Upstream {
                     .limit(self.max_bytes)
                     .read_to_vec()
                     .map_err(classify)?;
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-                    return Err(FetchError::Failed(
-                        "the upstream answered 200 with a body that is not JSON".into(),
-                    ));
+                if let Err(why) = super::check_json(&body) {
+                    return Err(FetchError::Failed(format!("the upstream answered 200 but {why}")));
                 }
                 Ok(Fetched::Found(body))
             }

@@ -85,6 +85,11 @@ impl Caller {
     pub fn role(&self) -> Role {
         self.user.body.role
     }
+
+    /// The device the client certificate belongs to (not yet proven to have signed).
+    pub fn device_id(&self) -> crate::model::DeviceId {
+        self.device.id
+    }
 }
 
 /// What the signature's payload hash is checked against.
@@ -108,6 +113,11 @@ impl Identified {
     /// a large body its role could never send without reading it).
     pub fn role(&self) -> Role {
         self.user.body.role
+    }
+
+    /// The device the client certificate belongs to (not yet proven to have signed).
+    pub fn device_id(&self) -> crate::model::DeviceId {
+        self.device.id
     }
 }
 

@@ -90,6 +90,9 @@ pub enum Reason {
     UpstreamFailed,
     /// The upstream ERP did not answer in time and no cached copy is usable.
     UpstreamTimeout,
+    /// Too many ERP calls are waiting (overall or for this device) and no cached copy is
+    /// usable; retry after `Retry-After`.
+    UpstreamBusy,
     /// Anything else; details are logged, not returned.
     Internal,
 }
@@ -130,6 +133,7 @@ impl Reason {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -172,6 +176,7 @@ impl Reason {
             Self::Unavailable => "unavailable",
             Self::UpstreamFailed => "upstream-failed",
             Self::UpstreamTimeout => "upstream-timeout",
+            Self::UpstreamBusy => "upstream-busy",
             Self::Internal => "internal-error",
         }
     }
@@ -246,6 +251,7 @@ impl Reason {
             Self::Unavailable => "Temporarily unavailable",
             Self::UpstreamFailed => "The ERP could not provide this record",
             Self::UpstreamTimeout => "The ERP did not answer in time",
+            Self::UpstreamBusy => "Too many ERP calls are waiting",
             Self::Internal => "Internal error",
         }
     }

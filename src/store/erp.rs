@@ -71,14 +71,17 @@ pub enum ErpChange {
         id: u128,
         /// The record.
         record: StoredErpRecord,
-        /// Keep an existing record stored after this time instead (an upstream fetch
-        /// must not overwrite what an integration pushed while it ran).
-        unless_stored_after: Option<Timestamp>,
+        /// Store only if the key's record is still this one (`Some(None)`: still none):
+        /// an upstream fetch must not replace what an integration pushed while it ran.
+        /// Every write makes a new id, so an unchanged id means an unchanged record.
+        only_if_current: Option<Option<u128>>,
     },
     /// Removes whatever any of `indexes` points to.
     Delete {
         /// The key's index entries under every master key version.
         indexes: Vec<[u8; 32]>,
+        /// Remove only if the key's record is still this one (see `Put`).
+        only_if_current: Option<Option<u128>>,
     },
 }
 
@@ -90,8 +93,8 @@ pub enum ErpChanged {
         /// The key had a record before.
         replaced: bool,
     },
-    /// A newer record was kept; nothing was stored.
-    KeptNewer,
+    /// The record changed since `only_if_current` was read: nothing was done.
+    Changed,
     /// A delete; `removed` if there was a record.
     Deleted {
         /// There was a record.
@@ -143,13 +146,11 @@ impl Store {
                         indexes,
                         id,
                         record,
-                        unless_stored_after,
+                        only_if_current,
                     } => {
-                        let old = find(&keys, &records, &indexes)?;
-                        if let (Some((_, existing)), Some(t)) = (&old, unless_stored_after)
-                            && existing.stored > t
-                        {
-                            outcome.push(ErpChanged::KeptNewer);
+                        let old = find(&mut keys, &records, &indexes)?;
+                        if only_if_current.is_some_and(|expected| expected != old.as_ref().map(|(id, _)| *id)) {
+                            outcome.push(ErpChanged::Changed);
                             continue;
                         }
                         if let Some((old_id, existing)) = &old {
@@ -165,8 +166,15 @@ impl Store {
                             replaced: old.is_some(),
                         });
                     }
-                    ErpChange::Delete { indexes } => {
-                        let old = find(&keys, &records, &indexes)?;
+                    ErpChange::Delete {
+                        indexes,
+                        only_if_current,
+                    } => {
+                        let old = find(&mut keys, &records, &indexes)?;
+                        if only_if_current.is_some_and(|expected| expected != old.as_ref().map(|(id, _)| *id)) {
+                            outcome.push(ErpChanged::Changed);
+                            continue;
+                        }
                         if let Some((old_id, existing)) = &old {
                             records.remove(*old_id)?;
                             keys.remove(existing.index)?;
@@ -202,7 +210,7 @@ impl Store {
         self.erp_scan(|_, r| {
             let u = usage.entry(r.collection.clone()).or_default();
             u.records += 1;
-            u.bytes += r.size;
+            u.bytes = u.bytes.saturating_add(r.size);
         })?;
         Ok(usage)
     }
@@ -237,8 +245,10 @@ impl Store {
 type RecordTable<'t> = redb::Table<'t, u128, &'static [u8]>;
 type KeyTable<'t> = redb::Table<'t, [u8; 32], u128>;
 
+/// The record the key's index entries lead to. An entry that leads nowhere (the file
+/// was edited, or damaged) is removed, so the key can be written again.
 fn find(
-    keys: &KeyTable<'_>,
+    keys: &mut KeyTable<'_>,
     records: &RecordTable<'_>,
     indexes: &[[u8; 32]],
 ) -> Result<Option<(u128, StoredErpRecord)>, StoreError> {
@@ -246,10 +256,12 @@ fn find(
         let Some(id) = keys.get(*index)?.map(|g| g.value()) else {
             continue;
         };
-        return match records.get(id)? {
-            Some(v) => Ok(Some((id, StoredErpRecord::decode(v.value())?))),
-            None => Err(StoreError::Corrupt("an ERP key index entry")),
-        };
+        match records.get(id)? {
+            Some(v) => return Ok(Some((id, StoredErpRecord::decode(v.value())?))),
+            None => {
+                keys.remove(*index)?;
+            }
+        }
     }
     Ok(None)
 }

@@ -9,6 +9,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use base64::Engine;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -17,6 +18,7 @@ use crate::erp::{Collection, ReadError, Served, check_key};
 use crate::http::State;
 use crate::http::auth::{Body, Caller, Identified};
 use crate::http::error::{PROBLEM_TYPE_PREFIX, Problem, Reason};
+use crate::http::limits::Transfer;
 use crate::model::{Role, Timestamp};
 
 /// Path prefix of every ERP route.
@@ -26,10 +28,12 @@ pub const MAX_KEYS_PER_GET: usize = 100;
 /// Most value bytes in one multi-get answer; records past it are answered `413` inside
 /// the body (fetch them alone).
 pub const MAX_MULTI_GET_BYTES: usize = 16 * 1024 * 1024;
+/// Records of one multi-get read at a time.
+const MULTI_GET_CONCURRENCY: usize = 4;
 /// Most operations in one batch.
 pub const MAX_BATCH_OPS: usize = 1000;
 /// Largest batch body, bytes.
-pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Latest `expires` accepted: ten years ahead.
 const MAX_EXPIRES_AHEAD_MS: i64 = 10 * 366 * 86_400 * 1000;
 
@@ -118,6 +122,17 @@ fn read_problem(e: ReadError) -> Problem {
                 "the ERP did not answer in time and no cached copy is usable; retry later",
             )
         },
+        ReadError::Busy => Problem {
+            retry_after: Some(5),
+            ..Problem::detail(
+                Reason::UpstreamBusy,
+                "too many ERP calls are waiting (for this device or overall) and no cached copy is usable; retry later",
+            )
+        },
+        ReadError::TooLarge => Problem::detail(
+            Reason::PayloadTooLarge,
+            "the records asked for together are too large for one answer: read this one alone",
+        ),
         ReadError::Vault(e) => e.into(),
         ReadError::Internal => Problem::new(Reason::Internal),
     }
@@ -148,7 +163,7 @@ pub async fn read_one(caller: Caller, req: HttpRequest, state: web::Data<State>)
     let served = state
         .options
         .erp
-        .read(&state.vault, c, &key)
+        .read(&state.vault, c, &key, caller.device.id, usize::MAX)
         .await
         .map_err(read_problem)?;
     let etag = etag_text(&served.record.etag);
@@ -166,6 +181,9 @@ pub async fn read_one(caller: Caller, req: HttpRequest, state: web::Data<State>)
 /// The `key` values of a query string, decoded, each once, in order.
 fn query_keys(query: &str) -> Result<Vec<String>, Problem> {
     let mut keys: Vec<String> = Vec::new();
+    if query.split('&').filter(|p| !p.is_empty()).count() > MAX_KEYS_PER_GET {
+        return Err(invalid(format!("at most {MAX_KEYS_PER_GET} keys per request")));
+    }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name != "key" {
@@ -213,8 +231,26 @@ pub async fn read_many(
     let c = collection(&state, &name)?;
     require_reader(&caller, c)?;
     let keys = query_keys(req.query_string())?;
+    // A multi-get is a transfer like a listing: bounded per device and overall.
+    let _slot = state.transfers.begin(Transfer::Download, caller.device.id)?;
     let erp = &state.options.erp;
-    let results = futures_util::future::join_all(keys.iter().map(|k| erp.read(&state.vault, c, k))).await;
+    // A few records at a time, each opened only if it fits what is left of the answer's
+    // budget, so memory stays bounded whatever the records' sizes.
+    let spent = std::sync::atomic::AtomicUsize::new(0);
+    let device = caller.device.id;
+    let results: Vec<_> = futures_util::stream::iter(keys.iter())
+        .map(|k| {
+            let left = MAX_MULTI_GET_BYTES.saturating_sub(spent.load(std::sync::atomic::Ordering::Relaxed));
+            erp.read(&state.vault, c, k, device, left)
+        })
+        .buffered(MULTI_GET_CONCURRENCY)
+        .inspect(|r| {
+            if let Ok(served) = r {
+                spent.fetch_add(served.record.value.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .collect()
+        .await;
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"records\":[");
     let mut value_bytes = 0usize;
@@ -223,7 +259,7 @@ pub async fn read_many(
             body.push(b',');
         }
         let (head, value) = match result {
-            Ok(served) if value_bytes + served.record.value.len() <= MAX_MULTI_GET_BYTES => {
+            Ok(served) if value_bytes.saturating_add(served.record.value.len()) <= MAX_MULTI_GET_BYTES => {
                 value_bytes += served.record.value.len();
                 (
                     EntryHead {
@@ -305,9 +341,7 @@ fn new_record(
             format!("a record is at most {max_bytes} bytes (erp.max_record_bytes)"),
         ));
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err() {
-        return Err(invalid("the record is not valid JSON"));
-    }
+    crate::erp::check_json(value).map_err(invalid)?;
     let fresh_until = match expires {
         Some(text) => parse_expires(text, now).map_err(invalid)?,
         None => Timestamp(now.0.saturating_add(c.ttl_ms())),
@@ -343,6 +377,9 @@ pub async fn put(
     state: web::Data<State>,
 ) -> Result<HttpResponse, Problem> {
     require_writer(who.role())?;
+    // Bodies are read whole before the signature can be checked: bounded per device and
+    // overall like uploads.
+    let _slot = state.transfers.begin(Transfer::Upload, who.device_id())?;
     let max = state.options.erp.max_record_bytes();
     let body = read_body(&state, payload, max).await?;
     let caller = who.verify(&req, Body::Bytes(&body), true)?;
@@ -395,8 +432,9 @@ pub async fn delete(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchBody<'a> {
+    /// Parsed one by one, so an error names its operation.
     #[serde(borrow)]
-    operations: Vec<BatchOp<'a>>,
+    operations: Vec<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -404,10 +442,16 @@ struct BatchBody<'a> {
 struct BatchOp<'a> {
     op: String,
     key: String,
-    #[serde(borrow, default)]
+    /// Present (even `null`) or absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     value: Option<&'a RawValue>,
     #[serde(default)]
     expires: Option<String>,
+}
+
+/// A field that is there, whatever its JSON value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Serialize)]
@@ -424,6 +468,7 @@ pub async fn batch(
     state: web::Data<State>,
 ) -> Result<HttpResponse, Problem> {
     require_writer(who.role())?;
+    let _slot = state.transfers.begin(Transfer::Upload, who.device_id())?;
     let body = read_body(&state, payload, MAX_BATCH_BYTES).await?;
     let caller = who.verify(&req, Body::Bytes(&body), true)?;
     require_writer(caller.role())?;
@@ -444,7 +489,7 @@ pub async fn batch(
     let max = state.options.erp.max_record_bytes();
     let now = Timestamp::now();
     let mut ops = Vec::with_capacity(parsed.operations.len());
-    for (i, op) in parsed.operations.into_iter().enumerate() {
+    for (i, raw) in parsed.operations.into_iter().enumerate() {
         let at = |p: Problem| Problem {
             detail: Some(format!(
                 "operations[{i}]: {}",
@@ -457,6 +502,11 @@ pub async fn batch(
             },
             ..p
         };
+        let op: BatchOp<'_> = serde_json::from_str(raw.get()).map_err(|e| {
+            at(invalid(format!(
+                "{e} (an operation is {{\"op\":\"put\",\"key\":...,\"value\":...}} or {{\"op\":\"delete\",\"key\":...}})"
+            )))
+        })?;
         check_key(&op.key).map_err(|m| at(invalid(m)))?;
         match (op.op.as_str(), op.value) {
             ("put", Some(value)) => {
