@@ -268,6 +268,7 @@ impl Product {
                 auth,
                 device_days: 365,
                 allow: coffer::http::allowlist::Allowlist::loopback(),
+                erp: coffer::erp::Erp::default(),
             },
         )
         .unwrap();

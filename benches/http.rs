@@ -528,6 +528,7 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
             auth,
             device_days: 365,
             allow: coffer::http::allowlist::Allowlist::loopback(),
+            erp: coffer::erp::Erp::default(),
         },
     )
     .unwrap();

@@ -51,6 +51,8 @@ pub struct Config {
     /// others are closed before the TLS handshake. Required by `coffer serve` (use
     /// `["0.0.0.0/0", "::/0"]` to allow every address); `serve --dev` allows loopback only.
     pub allow_cidrs: Option<Vec<String>>,
+    /// The ERP record cache: its collections and limits.
+    pub erp: ErpConfig,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             public_url: None,
             allow_cidrs: None,
+            erp: ErpConfig::default(),
         }
     }
 }
@@ -243,6 +246,77 @@ impl Default for AuthConfig {
     }
 }
 
+/// `[erp]`: the encrypted cache of ERP records.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErpConfig {
+    /// How often records past their stale window are purged (a duration, e.g. `10m`).
+    pub purge_interval: String,
+    /// Largest record value (JSON text), bytes.
+    pub max_record_bytes: u32,
+    /// Upstream calls in flight at once, over all collections; more wait for a turn.
+    pub max_upstream_fetches: u32,
+    /// The collections, by name (`[erp.collections.customers]`).
+    pub collections: std::collections::BTreeMap<String, ErpCollectionConfig>,
+}
+
+impl Default for ErpConfig {
+    fn default() -> Self {
+        Self {
+            purge_interval: "10m".to_owned(),
+            max_record_bytes: 1024 * 1024,
+            max_upstream_fetches: 16,
+            collections: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `[erp.collections.NAME]`: one collection of ERP records.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpCollectionConfig {
+    /// Roles that may read (`admin`, `member`, `integration`); only `integration` writes.
+    pub read_roles: Vec<String>,
+    /// How long a stored record is fresh (default `15m`).
+    #[serde(default = "default_erp_ttl")]
+    pub ttl: String,
+    /// How long past its freshness a record may still be served when the upstream fails
+    /// (or, without an upstream, at all); default `24h`.
+    #[serde(default = "default_erp_stale")]
+    pub stale_if_error: String,
+    /// URL template of the upstream ERP with `{key}` once in its path, e.g.
+    /// `https://erp.internal/api/customers/{key}`. Without it, only pushed records exist.
+    pub upstream: Option<String>,
+    /// File holding the bearer token sent to the upstream (`Authorization: Bearer ...`).
+    pub upstream_bearer_token_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities trusted for an `https` upstream (default:
+    /// the system's).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the upstream (with `upstream_client_key_file`).
+    pub upstream_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `upstream_client_cert_file`.
+    pub upstream_client_key_file: Option<PathBuf>,
+    /// Time allowed to connect to the upstream (default `2s`).
+    #[serde(default = "default_erp_connect_timeout")]
+    pub upstream_connect_timeout: String,
+    /// Time allowed for the whole upstream call (default `10s`); past it: `504`.
+    #[serde(default = "default_erp_timeout")]
+    pub upstream_timeout: String,
+}
+
+fn default_erp_ttl() -> String {
+    "15m".to_owned()
+}
+fn default_erp_stale() -> String {
+    "24h".to_owned()
+}
+fn default_erp_connect_timeout() -> String {
+    "2s".to_owned()
+}
+fn default_erp_timeout() -> String {
+    "10s".to_owned()
+}
+
 /// Parses a duration: a whole number with a unit, `s`, `m`, `h` or `d` (`90s`, `15m`,
 /// `24h`, `7d`), or plain seconds. Returns seconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
@@ -291,6 +365,14 @@ pub enum ConfigError {
         /// The variable.
         name: &'static str,
         /// Why.
+        message: String,
+    },
+    /// A value inside a named table (one ERP collection) is invalid.
+    #[error("{key}: {message}")]
+    InvalidAt {
+        /// The key, as written in the file (`erp.collections.customers.ttl`).
+        key: String,
+        /// What is accepted.
         message: String,
     },
     /// A value is out of range.
@@ -557,6 +639,7 @@ impl Config {
         {
             return invalid("allow_cidrs", &e.to_string());
         }
+        crate::erp::Erp::parse(&self.erp)?;
         if let Some(url) = &self.public_url {
             let ok = url.starts_with("https://") && url.len() > 8 && !url.chars().any(char::is_whitespace);
             if !ok {

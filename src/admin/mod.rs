@@ -36,6 +36,8 @@ pub struct Settings {
     pub region: String,
     /// The URL devices reach the server at (written into enrolment codes and profiles).
     pub endpoint: String,
+    /// The ERP collections (the server's live cache, with its counters, when it runs).
+    pub erp: crate::erp::Erp,
 }
 
 /// An admin command.
@@ -111,6 +113,32 @@ pub enum Request {
         /// Refuse unless the next key has this pin.
         expect_next: Option<String>,
     },
+    /// `erp stats`.
+    ErpStats,
+    /// `erp purge`.
+    ErpPurge {
+        /// The collection (configured or not: leftovers of a removed one can be purged).
+        collection: String,
+        /// One record's key; `None`: every record of the collection.
+        key: Option<String>,
+    },
+}
+
+/// One collection in `erp stats`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErpCollectionRow {
+    /// Name.
+    pub name: String,
+    /// In the configuration (records of a removed collection stay until swept or purged).
+    pub configured: bool,
+    /// The upstream's origin, if it has one.
+    pub upstream: Option<String>,
+    /// Records stored.
+    pub records: u64,
+    /// Bytes of their values.
+    pub bytes: u64,
+    /// Counters since the server started (`None` when no server runs).
+    pub counters: Option<crate::erp::Counters>,
 }
 
 /// A user as listed.
@@ -201,6 +229,8 @@ pub enum Response {
     Revoked(DeviceRow, usize),
     /// An enrolment or renewal code.
     Enrolment(EnrolmentOut),
+    /// `erp stats`: per collection.
+    ErpStats(Vec<ErpCollectionRow>),
     /// The server certificate after a renewal or key rotation.
     ServerCert {
         /// Names.
@@ -400,6 +430,49 @@ pub fn execute(vault: &Vault, settings: &Settings, request: Request) -> anyhow::
                 not_after: r.cert.not_after,
                 pins: Some([r.retired_pin, r.current_pin, r.next_pin]),
                 finished_rotation: None,
+            }
+        }
+        Request::ErpStats => {
+            let usage = vault.erp_usage()?;
+            let erp = &settings.erp;
+            let mut names: Vec<String> = erp.names().map(str::to_owned).collect();
+            names.extend(usage.keys().filter(|n| erp.collection(n).is_none()).cloned());
+            Response::ErpStats(
+                names
+                    .into_iter()
+                    .map(|name| {
+                        let u = usage.get(&name).copied().unwrap_or_default();
+                        let c = erp.collection(&name);
+                        ErpCollectionRow {
+                            configured: c.is_some(),
+                            upstream: c.and_then(|c| c.upstream_origin().map(str::to_owned)),
+                            records: u.records,
+                            bytes: u.bytes,
+                            counters: erp.is_live().then(|| erp.counters(&name)).flatten(),
+                            name,
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        Request::ErpPurge { collection, key } => {
+            if let Some(k) = &key {
+                crate::erp::check_key(k).map_err(|m| anyhow::anyhow!(m))?;
+            }
+            let removed = vault.erp_purge(&collection, key.as_deref())?;
+            let what = match &key {
+                Some(_) => format!("the record from {collection}"),
+                None => format!("{removed} record(s) of {collection}"),
+            };
+            if removed == 0 {
+                Response::Done(match key {
+                    Some(_) => format!("{collection} holds no record under this key; nothing removed"),
+                    None => format!("{collection} holds no records; nothing removed"),
+                })
+            } else {
+                Response::Done(format!(
+                    "removed {what}; the next read fetches again from the upstream (if it has one)"
+                ))
             }
         }
     })

@@ -46,7 +46,13 @@ pub struct RotateReport {
     pub damaged: Vec<String>,
 }
 
-const FAMILIES: [Family; 4] = [Family::Documents, Family::Users, Family::Devices, Family::Secrets];
+const FAMILIES: [Family; 5] = [
+    Family::Documents,
+    Family::Users,
+    Family::Devices,
+    Family::Secrets,
+    Family::ErpRecords,
+];
 
 /// A rotation under way. Each [`step`](Self::step) commits durably, so stopping between
 /// (or during) steps is safe: running `coffer key rotate` again resumes it.
@@ -219,6 +225,9 @@ impl Rotation<'_> {
                     });
                 tolerate_damage(damaged, Purpose::Secret, id, rewrapped)
             })?,
+            Family::ErpRecords => store.rewrap_batch(family, cursor.., target, limit, |id, r| {
+                tolerate_damage(damaged, Purpose::ErpRecord, id, vault.rewrap_erp(id, r, target))
+            })?,
         };
         self.rewrapped += batch.rewrapped as u64;
         let noun = match family {
@@ -226,6 +235,7 @@ impl Rotation<'_> {
             Family::Users => Purpose::User,
             Family::Devices => Purpose::Device,
             Family::Secrets => Purpose::Secret,
+            Family::ErpRecords => Purpose::ErpRecord,
         }
         .noun();
         self.damaged.extend(

@@ -5,6 +5,7 @@ pub mod dev;
 pub mod documents;
 pub mod durable;
 pub mod enrol;
+pub mod erp;
 pub mod init;
 pub mod keys;
 pub mod pki;

@@ -224,7 +224,7 @@ fn device_bound(owner: UserId, expires: Timestamp) -> Vec<u8> {
 type Sealed = (u32, Vec<u8>, Vec<u8>);
 
 impl Vault {
-    fn seal_body<T: Serialize>(
+    pub(crate) fn seal_body<T: Serialize>(
         &self,
         purpose: Purpose,
         id: u128,
@@ -239,7 +239,7 @@ impl Vault {
         ))
     }
 
-    fn open_body<T: serde::de::DeserializeOwned>(
+    pub(crate) fn open_body<T: serde::de::DeserializeOwned>(
         &self,
         purpose: Purpose,
         id: u128,

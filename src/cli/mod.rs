@@ -4,6 +4,7 @@ mod client;
 mod compact;
 mod config;
 mod device;
+mod erp;
 mod init;
 mod key;
 mod pki;
@@ -128,6 +129,7 @@ impl Context {
             server_days: self.config.pki.server_days,
             region: self.config.auth.region.clone(),
             endpoint: device::endpoint(self, None)?,
+            erp: crate::erp::Erp::parse(&self.config.erp)?,
         })
     }
 
@@ -238,6 +240,9 @@ pub enum Command {
     /// Configuration file tools.
     #[command(subcommand)]
     Config(config::ConfigCmd),
+    /// The ERP record cache: statistics, purge.
+    #[command(subcommand)]
+    Erp(erp::ErpCmd),
     /// The reference client: sign requests with a device profile, log in, upload and
     /// download documents.
     Client(client::ClientCmd),
@@ -256,6 +261,7 @@ impl Command {
             Self::Pins(_) => "coffer pins",
             Self::Cert(_) => "coffer cert",
             Self::Config(_) => "coffer config",
+            Self::Erp(_) => "coffer erp",
             Self::Client(_) => "coffer client",
         }
     }
@@ -279,6 +285,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Device(cmd) => cmd.run(&ctx),
             Command::Pins(cmd) => cmd.run(&ctx),
             Command::Cert(cmd) => cmd.run(&ctx),
+            Command::Erp(cmd) => cmd.run(&ctx),
             Command::Config(_) | Command::Client(_) => Ok(()),
         }),
     };

@@ -264,6 +264,8 @@ impl ServeCmd {
             }
             allow
         };
+        // Also before the unlock: unreadable upstream credentials need no passphrase.
+        let erp = crate::erp::Erp::from_config(&ctx.config.erp)?;
         let vault = if self.dev {
             let passphrase = match &ctx.passphrase_file {
                 Some(f) => crate::app::unlock::from_file(f)?,
@@ -315,7 +317,17 @@ impl ServeCmd {
             auth: ctx.config.auth.clone(),
             device_days: ctx.config.pki.device_days,
             allow,
+            erp: erp.clone(),
         };
+        for name in erp.names() {
+            if let Some(c) = erp.collection(name) {
+                eprintln!(
+                    "erp: collection {name}: {}",
+                    c.upstream_origin()
+                        .map_or_else(|| "pushed records only".to_owned(), |o| format!("reads through {o}"))
+                );
+            }
+        }
         raise_open_files(ctx.config.limits.max_connections);
         // The database is open here, so no other server runs on this data directory: a
         // socket file left by one that died is stale.
@@ -341,6 +353,7 @@ impl ServeCmd {
             server_days: ctx.config.pki.server_days,
             region: ctx.config.auth.region.clone(),
             endpoint,
+            erp,
         };
         let reloader = server.reloader();
         let admin_reloader = reloader.clone();

@@ -103,6 +103,14 @@ pub struct Identified {
     user: UserInfo,
 }
 
+impl Identified {
+    /// The role of the device's owner, as known before the signature is checked (to refuse
+    /// a large body its role could never send without reading it).
+    pub fn role(&self) -> Role {
+        self.user.body.role
+    }
+}
+
 fn state(req: &HttpRequest) -> Result<&web::Data<State>, Problem> {
     req.app_data::<web::Data<State>>()
         .ok_or_else(|| Problem::new(Reason::Internal))

@@ -85,6 +85,11 @@ pub enum Reason {
     IntegrityError,
     /// The server is busy (database maintenance); retry later.
     Unavailable,
+    /// The upstream ERP failed (refused, errored, answered nonsense) and no cached copy
+    /// is usable.
+    UpstreamFailed,
+    /// The upstream ERP did not answer in time and no cached copy is usable.
+    UpstreamTimeout,
     /// Anything else; details are logged, not returned.
     Internal,
 }
@@ -123,6 +128,8 @@ impl Reason {
             Self::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
             Self::IntegrityError | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -163,6 +170,8 @@ impl Reason {
             Self::TooManyTransfers => "too-many-transfers",
             Self::IntegrityError => "integrity-error",
             Self::Unavailable => "unavailable",
+            Self::UpstreamFailed => "upstream-failed",
+            Self::UpstreamTimeout => "upstream-timeout",
             Self::Internal => "internal-error",
         }
     }
@@ -235,6 +244,8 @@ impl Reason {
             Self::TooManyTransfers => "Too many transfers in progress",
             Self::IntegrityError => "Stored data failed its integrity check",
             Self::Unavailable => "Temporarily unavailable",
+            Self::UpstreamFailed => "The ERP could not provide this record",
+            Self::UpstreamTimeout => "The ERP did not answer in time",
             Self::Internal => "Internal error",
         }
     }

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     /// Addresses connections are accepted from (`allow_cidrs`); others are closed before
     /// the TLS handshake.
     pub allow: allowlist::Allowlist,
+    /// The ERP record cache (`[erp]` of the configuration, with its upstream agents).
+    pub erp: crate::erp::Erp,
 }
 
 /// Shared by every handler.
@@ -288,6 +290,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         options: options.clone(),
     });
     let not_before = state.auth.not_before;
+    let sweep_vault = state.vault.clone();
+    let sweep_erp = options.erp.clone();
     let allow = Arc::new(options.allow.clone());
     let refusals = Arc::new(allowlist::Refusals::default());
     let pipeline_refusals = refusals.clone();
@@ -388,6 +392,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 }
             };
             let _ = tx.send(Some(server.handle()));
+            // Ends with the server's runtime.
+            actix_web::rt::spawn(sweep(sweep_vault, sweep_erp));
             server.await
         })
     })?;
@@ -404,6 +410,22 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             Ok(Err(e)) => Err(e.into()),
             _ => Err(ServeError::Io(std::io::Error::other("the server did not start"))),
         },
+    }
+}
+
+/// Purges ERP records past their stale window every `erp.purge_interval`.
+async fn sweep(vault: Arc<Vault>, erp: crate::erp::Erp) {
+    let mut tick = tokio::time::interval(erp.purge_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (v, e) = (vault.clone(), erp.clone());
+        match web::block(move || e.sweep(&v, crate::model::Timestamp::now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => eprintln!("erp: purged {n} record(s) past their stale window"),
+            Ok(Err(e)) => eprintln!("warning: erp: the sweep failed: {e}"),
+            Err(_) => eprintln!("warning: erp: the sweep failed"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod codec;
 mod devices;
 mod documents;
 mod enrolments;
+mod erp;
 mod secrets;
 mod sessions;
 mod tables;
@@ -21,6 +22,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTabl
 pub use devices::{DeviceRecord, StoredDevice, insert_device_in, update_device_in};
 pub use documents::{DocumentRecord, StoredDocument};
 pub use enrolments::StoredEnrolment;
+pub use erp::{ErpChange, ErpChanged, ErpUsage, StoredErpRecord};
 pub use secrets::{SecretRecord, StoredSecret};
 pub use sessions::{LoginState, SessionRecord, StoredSession};
 pub use tables::SCHEMA_VERSION;
@@ -28,8 +30,8 @@ pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
 use tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, LOGINS, META, SCHEMA_KEY, SECRETS, SESSIONS, STAGING,
-    USER_NAMES, USERS,
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SCHEMA_KEY,
+    SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
 };
 
 /// META keys marking retired master key versions: `key_retired:<version>`.
@@ -180,6 +182,8 @@ impl Store {
             txn.open_table(SESSIONS)?;
             txn.open_table(LOGINS)?;
             txn.open_table(ENROLMENTS)?;
+            txn.open_table(ERP_RECORDS)?;
+            txn.open_table(ERP_KEYS)?;
         }
         txn.commit()?;
         Ok(Self { db: db.into() })
@@ -241,7 +245,9 @@ impl Store {
         let todo = missing(&read, SECRETS)?
             || missing(&read, SESSIONS)?
             || missing(&read, LOGINS)?
-            || missing(&read, ENROLMENTS)?;
+            || missing(&read, ENROLMENTS)?
+            || missing(&read, ERP_RECORDS)?
+            || missing(&read, ERP_KEYS)?;
         drop(read);
         if !todo {
             return Ok(());
@@ -251,6 +257,8 @@ impl Store {
         txn.open_table(SESSIONS)?;
         txn.open_table(LOGINS)?;
         txn.open_table(ENROLMENTS)?;
+        txn.open_table(ERP_RECORDS)?;
+        txn.open_table(ERP_KEYS)?;
         txn.commit()?;
         Ok(())
     }
@@ -393,6 +401,7 @@ impl Store {
         count_versions::<StoredUser>(&snap.txn, USERS, &mut usage)?;
         count_versions::<StoredDevice>(&snap.txn, DEVICES, &mut usage)?;
         count_versions::<StoredSecret>(&snap.txn, SECRETS, &mut usage)?;
+        count_versions::<StoredErpRecord>(&snap.txn, ERP_RECORDS, &mut usage)?;
         Ok(usage)
     }
 
@@ -525,6 +534,8 @@ pub enum Family {
     Devices,
     /// Service secrets (CA and server keys).
     Secrets,
+    /// Cached ERP records.
+    ErpRecords,
 }
 
 impl Store {
@@ -544,6 +555,7 @@ impl Store {
             Family::Users => (USERS, Some(USER_NAMES)),
             Family::Devices => (DEVICES, Some(DEVICE_THUMBPRINTS)),
             Family::Secrets => (SECRETS, None),
+            Family::ErpRecords => (ERP_RECORDS, Some(ERP_KEYS)),
         };
         let limit = limit.max(1);
         let txn = self.write(Durability::Immediate)?;

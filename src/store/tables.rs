@@ -32,3 +32,8 @@ pub const SESSIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("ses
 pub const LOGINS: TableDefinition<u128, &[u8]> = TableDefinition::new("logins");
 /// Enrolment codes by SHA-256 of the code: postcard `EnrolmentRecord` (ids and times).
 pub const ENROLMENTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("enrolments");
+/// Cached ERP records by random id: postcard `ErpRecordFormat` (collection name, times,
+/// size and index hash in clear; key and value sealed).
+pub const ERP_RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("erp_records");
+/// Keyed hash of (collection, record key) → record id.
+pub const ERP_KEYS: TableDefinition<[u8; 32], u128> = TableDefinition::new("erp_keys");

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
 use super::tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, LOGINS, META, SECRETS, SESSIONS, STAGING, USER_NAMES,
-    USERS,
+    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SECRETS, SESSIONS,
+    STAGING, USER_NAMES, USERS,
 };
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
@@ -95,6 +95,8 @@ impl Store {
             copy_table(&src, &dst, SESSIONS)?;
             copy_table(&src, &dst, LOGINS)?;
             copy_table(&src, &dst, ENROLMENTS)?;
+            copy_table(&src, &dst, ERP_RECORDS)?;
+            copy_table(&src, &dst, ERP_KEYS)?;
         }
         // One durable commit makes every batch before it durable.
         let mut txn = dst.begin_write()?;

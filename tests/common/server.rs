@@ -40,6 +40,7 @@ pub fn test_options() -> ServerOptions {
         },
         device_days: 365,
         allow: coffer::http::allowlist::Allowlist::loopback(),
+        erp: coffer::erp::Erp::default(),
     }
 }
 

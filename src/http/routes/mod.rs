@@ -2,6 +2,7 @@
 
 mod documents;
 mod enroll;
+mod erp;
 mod session;
 
 use actix_web::error::JsonPayloadError;
@@ -61,6 +62,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(documents::patch_meta))
             .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET, PATCH"))),
     )
+    .service(
+        web::resource("/v1/erp/{collection}")
+            .route(web::get().to(erp::read_many))
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET"))),
+    )
+    .service(
+        web::resource("/v1/erp/{collection}/{key}")
+            .route(web::get().to(erp::read_one))
+            .route(web::put().to(erp::put))
+            .route(web::delete().to(erp::delete))
+            // `POST /v1/erp/{collection}/batch`; POST to any other key answers 405.
+            .route(web::post().to(erp::batch))
+            .default_service(web::to(|c: Knocking| method_not_allowed(c.0, "GET, PUT, DELETE, POST"))),
+    )
     .default_service(web::to(not_found));
 }
 
@@ -82,7 +97,18 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 
 /// Reads a small request body in full (at most [`MAX_JSON_BODY`] bytes), with the body
 /// idle timeout.
-pub async fn read_small_body(state: &State, mut payload: web::Payload) -> Result<web::Bytes, Problem> {
+pub async fn read_small_body(state: &State, payload: web::Payload) -> Result<web::Bytes, Problem> {
+    read_body_limited(state, payload, MAX_JSON_BODY, "JSON bodies").await
+}
+
+/// Reads a request body in full, at most `limit` bytes (`413` past it, naming `what`),
+/// with the body idle timeout.
+pub async fn read_body_limited(
+    state: &State,
+    mut payload: web::Payload,
+    limit: usize,
+    what: &str,
+) -> Result<web::Bytes, Problem> {
     use futures_util::StreamExt;
     let idle = std::time::Duration::from_secs(u64::from(state.options.limits.body_idle_timeout_secs));
     let mut body = web::BytesMut::new();
@@ -96,10 +122,10 @@ pub async fn read_small_body(state: &State, mut payload: web::Payload) -> Result
             }
             Ok(None) => return Ok(body.freeze()),
             Ok(Some(Ok(piece))) => {
-                if body.len() + piece.len() > MAX_JSON_BODY {
+                if body.len() + piece.len() > limit {
                     return Err(Problem::detail(
                         Reason::PayloadTooLarge,
-                        "JSON bodies are limited to 64 KiB",
+                        format!("{what} are limited to {}", human_bytes(limit)),
                     ));
                 }
                 body.extend_from_slice(&piece);
@@ -111,6 +137,16 @@ pub async fn read_small_body(state: &State, mut payload: web::Payload) -> Result
                 });
             }
         }
+    }
+}
+
+fn human_bytes(n: usize) -> String {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
+        format!("{} MiB", n / (1024 * 1024))
+    } else if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{} KiB", n / 1024)
+    } else {
+        format!("{n} bytes")
     }
 }
 
