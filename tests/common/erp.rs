@@ -27,6 +27,12 @@ pub enum Behaviour {
     Redirect(String),
     /// Accepts the connection, reads the request and closes without answering.
     Hangup,
+    /// Answers from the map, but sends the body one byte per `interval` (each byte well
+    /// inside any per-read timeout, the whole body past a short overall one).
+    Drip {
+        /// Pause before each byte of the body.
+        interval: Duration,
+    },
 }
 
 /// One request as the fake ERP received it.
@@ -244,16 +250,36 @@ fn handle(stream: TcpStream, shared: &Shared) {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
-            let Some(key) = key else {
-                respond(&mut stream, 400, &[], br#"{"error":"not one clean path segment"}"#);
+            let (status, body) = lookup(shared, key.as_deref());
+            respond(&mut stream, status, &[], &body);
+        }
+        Behaviour::Drip { interval } => {
+            let (status, body) = lookup(shared, key.as_deref());
+            let head = format!(
+                "HTTP/1.1 {status} Fake\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            if stream.write_all(head.as_bytes()).is_err() {
                 return;
-            };
-            let body = lock(&shared.records).get(&key).cloned();
-            match body {
-                Some(body) => respond(&mut stream, 200, &[], &body),
-                None => respond(&mut stream, 404, &[], br#"{"error":"no such record"}"#),
+            }
+            for byte in body {
+                std::thread::sleep(interval);
+                if stream.write_all(&[byte]).and_then(|()| stream.flush()).is_err() {
+                    return; // coffer gave up
+                }
             }
         }
+    }
+}
+
+/// The status and body the map gives for `key`.
+fn lookup(shared: &Shared, key: Option<&str>) -> (u16, Vec<u8>) {
+    let Some(key) = key else {
+        return (400, br#"{"error":"not one clean path segment"}"#.to_vec());
+    };
+    match lock(&shared.records).get(key) {
+        Some(body) => (200, body.clone()),
+        None => (404, br#"{"error":"no such record"}"#.to_vec()),
     }
 }
 
@@ -271,3 +297,8 @@ fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, &str)], body: 
     let _ = stream.write_all(body);
     let _ = stream.flush();
 }
+
+/// The ERP tables as `src/store/tables.rs` defines them, for raw access to the file.
+pub const ERP_RECORDS: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("erp_records");
+/// Keyed hash of (collection, key) → record id.
+pub const ERP_KEYS: redb::TableDefinition<[u8; 32], u128> = redb::TableDefinition::new("erp_keys");
