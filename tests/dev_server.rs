@@ -46,6 +46,7 @@ struct DevServer {
     /// The indented commands, without their indentation.
     client_put: String,
     client_list: String,
+    client_erp: String,
     login: String,
     upload: String,
     fetch: String,
@@ -62,9 +63,9 @@ impl DevServer {
         // Returns once requests signed now are accepted (from the second after the start).
         let addr = process.listening_on("serve --dev");
         assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
-        let lines: Vec<String> = (0..7).map(|_| process.next_line("serve --dev")).collect();
+        let lines: Vec<String> = (0..8).map(|_| process.next_line("serve --dev")).collect();
         assert!(lines[0].starts_with("with the reference client"), "{lines:?}");
-        assert!(lines[3].starts_with("with curl"), "{lines:?}");
+        assert!(lines[4].starts_with("with curl"), "{lines:?}");
         let indented = |l: &str, starts: &[&str]| {
             l.strip_prefix("  ")
                 .filter(|c| starts.iter().any(|s| c.starts_with(s)))
@@ -75,9 +76,10 @@ impl DevServer {
             addr,
             client_put: indented(&lines[1], &["/", "./"]),
             client_list: indented(&lines[2], &["/", "./"]),
-            login: indented(&lines[4], &["TOKEN=$(curl "]),
-            upload: indented(&lines[5], &["ID=$(curl "]),
-            fetch: indented(&lines[6], &["curl "]),
+            client_erp: indented(&lines[3], &["/", "./"]),
+            login: indented(&lines[5], &["TOKEN=$(curl "]),
+            upload: indented(&lines[6], &["ID=$(curl "]),
+            fetch: indented(&lines[7], &["curl "]),
             process,
         };
         for c in [&server.login, &server.upload, &server.fetch] {
@@ -471,6 +473,8 @@ fn printed_curl_commands_upload_and_fetch_the_sample_file() {
         .filter_map(|doc| doc["id"].as_str())
         .collect();
     assert!(ids.contains(&id) && ids.contains(&client_id.as_str()), "{listed}");
+    let record = run(&server.client_erp);
+    assert_eq!(record["message"], "Hello from the ERP cache.", "{record}");
     assert_eq!(mode(&d.join("keys/dev/profile.toml")), 0o600, "profile mode");
 }
 

@@ -136,6 +136,59 @@ pub struct DevReport {
     pub issued_device: bool,
 }
 
+/// The ERP collection `serve --dev` declares when the configuration declares none.
+pub const DEMO_COLLECTION: &str = "demo";
+/// The record it holds.
+pub const DEMO_RECORD: &str = "welcome";
+
+/// The ERP configuration of a development server: the configured one, or, when it has no
+/// collection, one pushed-only collection `demo` readable by members and admins.
+pub fn demo_erp(base: &crate::config::ErpConfig) -> crate::config::ErpConfig {
+    let mut erp = base.clone();
+    if erp.collections.is_empty() {
+        erp.collections.insert(
+            DEMO_COLLECTION.to_owned(),
+            crate::config::ErpCollectionConfig {
+                read_roles: vec!["member".into(), "admin".into()],
+                ttl: "7d".into(),
+                stale_if_error: "0s".into(),
+                upstream: None,
+                upstream_bearer_token_file: None,
+                upstream_ca_file: None,
+                upstream_client_cert_file: None,
+                upstream_client_key_file: None,
+                upstream_connect_timeout: "2s".into(),
+                upstream_timeout: "10s".into(),
+            },
+        );
+    }
+    erp
+}
+
+/// Stores the demo record (again, when missing or expired) if `erp` has the demo
+/// collection. Returns whether it did.
+pub fn seed_demo_record(vault: &Vault, erp: &crate::erp::Erp) -> Result<bool, VaultError> {
+    let Some(c) = erp.collection(DEMO_COLLECTION).filter(|c| !c.has_upstream()) else {
+        return Ok(false);
+    };
+    let now = crate::model::Timestamp::now();
+    if vault
+        .erp_get(DEMO_COLLECTION, DEMO_RECORD)?
+        .is_some_and(|r| now < r.fresh_until)
+    {
+        return Ok(false);
+    }
+    let fresh_until = crate::model::Timestamp(now.0.saturating_add(c.ttl_ms()));
+    let record = super::erp::NewErpRecord {
+        key: DEMO_RECORD.into(),
+        value: br#"{"message":"Hello from the ERP cache.","stored_by":"coffer serve --dev"}"#.to_vec(),
+        fresh_until,
+        stale_until: crate::model::Timestamp(fresh_until.0.saturating_add(c.stale_ms())),
+    };
+    vault.erp_write(DEMO_COLLECTION, &[super::erp::ErpOp::Put(record)], now)?;
+    Ok(true)
+}
+
 /// Creates whatever of the development instance is missing and returns the open vault.
 pub fn prepare(
     paths: &Paths,

@@ -84,6 +84,15 @@ pub enum ClientAction {
         /// The document id.
         id: String,
     },
+    /// Read ERP records: one key prints the record (its Cache-Status on standard error),
+    /// several print them all with a status each.
+    Erp {
+        /// The collection.
+        collection: String,
+        /// The record keys (1 to 100).
+        #[arg(required = true, num_args = 1..=100)]
+        keys: Vec<String>,
+    },
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -162,6 +171,13 @@ impl ClientCmd {
             ClientAction::Rm { id } => {
                 client.rm(&id)?;
                 eprintln!("deleted {id}");
+            }
+            ClientAction::Erp { collection, keys } => {
+                let (value, cache_status) = client.erp_get(&collection, &keys)?;
+                if let Some(status) = cache_status {
+                    eprintln!("cache-status: {status}");
+                }
+                print_json(&value);
             }
         }
         Ok(())

@@ -65,6 +65,8 @@ pub struct DevCommands {
     pub client_put: String,
     /// The reference client: lists the documents.
     pub client_list: String,
+    /// The reference client: reads the demo ERP record.
+    pub client_erp: String,
 }
 
 /// The commands for the demo profile; `exe` is how to run coffer.
@@ -103,6 +105,11 @@ pub fn dev_commands(keys_dir: &Path, profile: &crate::client::Profile, exe: &Pat
             sh(&dir.join(dev::SAMPLE_FILE))
         ),
         client_list: format!("{exe} client --profile {profile_path} list"),
+        client_erp: format!(
+            "{exe} client --profile {profile_path} erp {} {}",
+            dev::DEMO_COLLECTION,
+            dev::DEMO_RECORD
+        ),
     }
 }
 
@@ -265,7 +272,11 @@ impl ServeCmd {
             allow
         };
         // Also before the unlock: unreadable upstream credentials need no passphrase.
-        let erp = crate::erp::Erp::from_config(&ctx.config.erp)?;
+        let erp = if self.dev {
+            crate::erp::Erp::from_config(&dev::demo_erp(&ctx.config.erp))?
+        } else {
+            crate::erp::Erp::from_config(&ctx.config.erp)?
+        };
         let vault = if self.dev {
             let passphrase = match &ctx.passphrase_file {
                 Some(f) => crate::app::unlock::from_file(f)?,
@@ -290,6 +301,13 @@ impl ServeCmd {
             }
             if !listen.ip().is_loopback() {
                 eprintln!("warning: the development server listens on {listen}, beyond this machine");
+            }
+            if dev::seed_demo_record(&vault, &erp)? {
+                eprintln!(
+                    "stored the demo ERP record {}/{}",
+                    dev::DEMO_COLLECTION,
+                    dev::DEMO_RECORD
+                );
             }
             vault
         } else {
@@ -353,7 +371,7 @@ impl ServeCmd {
             server_days: ctx.config.pki.server_days,
             region: ctx.config.auth.region.clone(),
             endpoint,
-            erp,
+            erp: erp.clone(),
         };
         let reloader = server.reloader();
         let admin_reloader = reloader.clone();
@@ -376,6 +394,9 @@ impl ServeCmd {
             );
             println!("  {}", c.client_put);
             println!("  {}", c.client_list);
+            if erp.collection(dev::DEMO_COLLECTION).is_some() {
+                println!("  {}", c.client_erp);
+            }
             println!("with curl (from this directory): log in, upload a file, fetch it back:");
             println!("  {}", c.curl_login);
             println!("  {}", c.curl_upload);

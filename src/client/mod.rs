@@ -546,6 +546,34 @@ impl Client {
         self.with_session(|token| self.send("GET", &target, &[], None, Some(token)), Self::json)
     }
 
+    /// ERP records of `collection`: one key answers the record itself, several the
+    /// multi-get document (`{"records": [...]}`). Also returns the `Cache-Status` of a
+    /// single read.
+    pub fn erp_get(
+        &self,
+        collection: &str,
+        keys: &[String],
+    ) -> Result<(serde_json::Value, Option<String>), ClientError> {
+        let target = match keys {
+            [key] => format!("/v1/erp/{}/{}", enc(collection), enc(key)),
+            _ => {
+                let query: Vec<String> = keys.iter().map(|k| format!("key={}", enc(k))).collect();
+                format!("/v1/erp/{}?{}", enc(collection), query.join("&"))
+            }
+        };
+        self.with_session(
+            |token| self.send("GET", &target, &[], None, Some(token)),
+            |res| {
+                let status = res
+                    .headers()
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                Ok((Self::json(res)?, status))
+            },
+        )
+    }
+
     /// Deletes a document.
     pub fn rm(&self, id: &str) -> Result<(), ClientError> {
         let target = format!("/v1/documents/{}", enc(id));

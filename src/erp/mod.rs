@@ -603,6 +603,17 @@ impl Erp {
         let stale_ms = collection.stale_ms;
         tokio::spawn(async move {
             let permit = erp.inner.fetches.clone().acquire_owned().await;
+            // Everyone who asked may have given up while this waited for its turn (the
+            // map holds one receiver): then the ERP is not called for nobody.
+            // Checked under the map's lock, which a joining request also takes to clone
+            // its receiver, so nobody can join a flight that is being dropped.
+            {
+                let mut flights = erp.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+                if tx.receiver_count() <= 1 {
+                    flights.remove(&flight_key);
+                    return;
+                }
+            }
             let (name, key) = flight_key.clone();
             let counting = erp.clone();
             let outcome = tokio::task::spawn_blocking(move || {

@@ -241,15 +241,16 @@ pub async fn read_many(
             Err(e) => (error_entry(key, read_problem(e).reason), None),
         };
         let head = serde_json::to_vec(&head).map_err(|_| Problem::new(Reason::Internal))?;
-        match value {
-            Some(value) => {
+        match (value, head.strip_suffix(b"}")) {
+            (Some(value), Some(open)) => {
                 // The head without its closing brace, then the value as stored (JSON).
-                body.extend_from_slice(&head[..head.len() - 1]);
+                body.extend_from_slice(open);
                 body.extend_from_slice(b",\"value\":");
                 body.extend_from_slice(&value);
                 body.push(b'}');
             }
-            None => body.extend_from_slice(&head),
+            (Some(_), None) => return Err(Problem::new(Reason::Internal)),
+            (None, _) => body.extend_from_slice(&head),
         }
     }
     body.extend_from_slice(b"]}");
