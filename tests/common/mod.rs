@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod erp;
 pub mod server;
 
 use std::ops::Range;
