@@ -1269,9 +1269,6 @@ fn batch_with_a_malformed_operation_is_400_and_writes_nothing() {
 }
 
 #[test]
-#[ignore = "implementation bug (reported): a structurally malformed operation (missing key, \
-            key not a string, unknown field) is answered 'invalid batch body: missing field `key` \
-            at line 1 column 93' without naming operations[i]"]
 fn batch_error_names_the_index_of_a_malformed_operation() {
     let f = start(Tuning::default());
     f.push(ORDERS, "keep", &json!({"keep": "unchanged"}));
@@ -1571,10 +1568,6 @@ fn records_are_found_replaced_and_deleted_after_a_key_rotation() {
 }
 
 #[test]
-#[ignore = "implementation deviation (reported): the ETag is an HMAC under the current master \
-            key version's index key, so after `coffer key rotate` the same content under the same \
-            key gets a different ETag once it is stored again (every refresh or re-push), and \
-            clients' If-None-Match stop matching"]
 fn same_content_under_the_same_key_keeps_its_etag_across_a_key_rotation() {
     let (_dirs, mut vault) = common::temp_vault();
     let now = Timestamp::now();
@@ -1637,10 +1630,6 @@ fn bad_put_bodies_and_expiries_are_400_and_store_nothing() {
 const LATIN1_JSON: &[u8] = b"{\"name\":\"M\xfcller\"}";
 
 #[test]
-#[ignore = "implementation bug (reported): a record whose JSON text is not UTF-8 is accepted \
-            (PUT 201, upstream 200 stored) because it is checked with IgnoredAny, which skips \
-            strings unchecked; it is then served as application/json and spliced into multi-get \
-            answers, which stop being JSON for every key"]
 fn record_that_is_not_utf8_is_refused_from_a_put_and_from_the_upstream() {
     let f = start(Tuning::default());
     let res = put_raw(&mut f.integration(), &record_path(ORDERS, "latin1"), LATIN1_JSON);
