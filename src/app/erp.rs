@@ -27,6 +27,7 @@ pub const ETAG_LEN: usize = 16;
 enum ErpBodyFormat {
     V1 {
         key: String,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         etag: [u8; ETAG_LEN],
     },

@@ -23,6 +23,7 @@ pub struct StoredErpRecord {
     /// Master key version wrapping `wrapped_dek`.
     pub key_version: u32,
     /// The record's data key, wrapped.
+    #[serde(with = "serde_bytes")]
     pub wrapped_dek: Vec<u8>,
     /// When coffer stored it (pushed or fetched).
     pub stored: Timestamp,
@@ -33,7 +34,9 @@ pub struct StoredErpRecord {
     pub stale_until: Timestamp,
     /// Length of the value, bytes.
     pub size: u64,
-    /// Sealed body (key, value, entity tag).
+    /// Sealed body (key, value, entity tag). Bytes are read as one buffer (postcard
+    /// writes a byte string exactly as a sequence of bytes, so the format is the same).
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -264,4 +267,31 @@ fn find(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct AsSequence {
+        a: Vec<u8>,
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct AsBytes {
+        #[serde(with = "serde_bytes")]
+        a: Vec<u8>,
+    }
+
+    #[test]
+    fn byte_strings_and_byte_sequences_are_one_format_in_postcard() {
+        for len in [0usize, 1, 127, 128, 5000] {
+            let a: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let seq = postcard::to_stdvec(&AsSequence { a: a.clone() }).unwrap();
+            let bytes = postcard::to_stdvec(&AsBytes { a: a.clone() }).unwrap();
+            assert_eq!(seq, bytes);
+            assert_eq!(postcard::from_bytes::<AsBytes>(&seq).unwrap().a, a);
+        }
+    }
 }
