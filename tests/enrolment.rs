@@ -765,12 +765,14 @@ fn csrs_that_are_badly_signed_of_other_key_types_or_garbage_are_refused() {
 
 /// Every resource `src/http/routes/mod.rs` registers (the test fails when a route is added
 /// there and not here).
-const ROUTES: [&str; 5] = [
+const ROUTES: [&str; 7] = [
     "/v1/enroll",
     "/v1/session",
     "/v1/documents",
     "/v1/documents/{id}",
     "/v1/documents/{id}/meta",
+    "/v1/erp/{collection}",
+    "/v1/erp/{collection}/{key}",
 ];
 
 #[test]
@@ -821,6 +823,13 @@ fn without_a_client_certificate_every_other_request_is_refused() {
     for route in ROUTES {
         if route.contains("{id}") {
             targets.extend(ids.iter().map(|id| route.replace("{id}", id)));
+        } else if route.starts_with("/v1/erp/") {
+            // Collections, a key, the batch path and a multi-get: all refused alike.
+            for collection in ["demo", "nope"] {
+                let route = route.replace("{collection}", collection);
+                targets.extend(["C-1", "batch"].map(|key| route.replace("{key}", key)));
+                targets.push(format!("{}?key=C-1", route.replace("/{key}", "")));
+            }
         } else {
             targets.push(route.to_owned());
         }

@@ -625,7 +625,11 @@ fn upstream_dripping_its_body_past_the_timeout_is_504() {
 
 #[test]
 fn slow_upstream_with_an_expired_copy_serves_it_stale_with_fwd_status_504() {
-    let f = start(short_lived());
+    // A stale window with room for a loaded machine: the timeout alone takes 1 s.
+    let f = start(Tuning {
+        ttl: "1s",
+        stale_if_error: "20s",
+    });
     let value = json!({"id": "c-7"});
     f.upstream.put_json("c-7", &value);
     let mut conn = f.member();
@@ -776,6 +780,7 @@ fn counters_count_hits_misses_refreshes_stale_serves_errors_and_upstream_calls()
         refreshes: 0,
         errors: 0,
         upstream_calls: 2,
+        busy: 0,
     };
     assert_eq!(counters(), want, "a miss, a hit, and a miss the ERP does not know");
 

@@ -197,3 +197,53 @@ fn a_bearer_token_is_not_sent_in_clear_to_another_machine() {
     let config = Config::from_toml(&toml("http://127.0.0.1:8080/api/{key}"), "x").unwrap();
     assert!(Erp::from_config(&config.erp).is_ok());
 }
+
+#[test]
+fn a_hanging_erp_cannot_stretch_a_multi_get_past_the_upstream_timeout() {
+    let upstream = FakeErp::start("/api/customers/");
+    let keys: Vec<String> = (0..40).map(|i| format!("K-{i}")).collect();
+    for k in &keys {
+        upstream.put_json(k, &serde_json::json!({ "id": k }));
+    }
+    let toml = format!(
+        "[erp.collections.customers]\nread_roles = [\"member\"]\nttl = \"1s\"\nstale_if_error = \"1h\"\nupstream = \"{}\"\nupstream_timeout = \"2s\"\n",
+        upstream.url_template()
+    );
+    let (server, _erp) = server_with(&toml);
+    let member = server.issue_device(server.add_member("mia").id);
+    let path = format!(
+        "/v1/erp/customers?{}",
+        keys.iter().map(|k| format!("key={k}")).collect::<Vec<_>>().join("&")
+    );
+    let mut conn = server.connect(&member);
+    let first = conn.request("GET", &path, &[], b"").unwrap();
+    assert_eq!(first.status, 200);
+    assert!(
+        first.json()["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == 200)
+    );
+    assert_eq!(upstream.total_calls(), 40);
+    // Every copy expires; the ERP now hangs far longer than the timeout.
+    std::thread::sleep(Duration::from_millis(1200));
+    upstream.set(Behaviour::Serve {
+        delay: Duration::from_secs(30),
+    });
+    let again = conn.request("GET", &path, &[], b"").unwrap();
+    assert_eq!(again.status, 200);
+    let records = again.json()["records"].as_array().unwrap().clone();
+    for r in &records {
+        assert_eq!(r["status"], 200, "{r}");
+        let status = r["cache_status"].as_str().unwrap();
+        assert!(
+            status.contains("fwd-status=504") && status.contains("detail=stale-if-error"),
+            "{status}"
+        );
+    }
+    // Only the first keys' calls were started (four at a time, until the timeout);
+    // the rest were answered from the cache without asking.
+    let asked = upstream.total_calls() - 40;
+    assert!((1..=8).contains(&asked), "{asked} upstream calls for one multi-get");
+}

@@ -153,22 +153,26 @@ impl Vault {
 
     /// The record stored under (collection, key), whatever its age.
     pub fn erp_get(&self, collection: &str, key: &str) -> Result<Option<ErpRecord>, VaultError> {
-        Ok(self.erp_get_within(collection, key, u64::MAX)?.and_then(Result::ok))
+        Ok(self
+            .erp_get_admitted(collection, key, |_, _| true)?
+            .and_then(Result::ok))
     }
 
-    /// Like [`Vault::erp_get`], but a record whose value is larger than `limit` bytes is
-    /// not opened: `Err(its size)` instead.
-    pub fn erp_get_within(
+    /// Like [`Vault::erp_get`], but the record is opened only if `admit` accepts the size
+    /// of its sealed body (an upper bound of its value's, as stored) and its value's size
+    /// as recorded in clear (a hint only: not authenticated): otherwise `Err(sealed size)`.
+    pub fn erp_get_admitted(
         &self,
         collection: &str,
         key: &str,
-        limit: u64,
+        admit: impl FnOnce(u64, u64) -> bool,
     ) -> Result<Option<Result<ErpRecord, u64>>, VaultError> {
         let Some((id, r)) = self.store.erp_lookup(&self.erp_indexes(collection, key))? else {
             return Ok(None);
         };
-        if r.size > limit {
-            return Ok(Some(Err(r.size)));
+        let sealed = r.sealed.len() as u64;
+        if !admit(sealed, r.size) {
+            return Ok(Some(Err(sealed)));
         }
         let (stored_key, value, etag) = self.open_erp(id, &r)?;
         // The index entry led to another record (the file was edited): damage, not data.
@@ -235,8 +239,13 @@ impl Vault {
         for op in ops {
             match op {
                 ErpOp::Put(new) => {
-                    // An unreadable previous record is simply replaced.
-                    let previous = self.erp_get(collection, &new.key).ok().flatten();
+                    // Opened only when its size says it could hold the same value; an
+                    // unreadable previous record is simply replaced.
+                    let previous = self
+                        .erp_get_admitted(collection, &new.key, |_, size| size == new.value.len() as u64)
+                        .ok()
+                        .flatten()
+                        .and_then(Result::ok);
                     let (id, record, tag) = self.seal_erp(collection, new, now, previous.as_ref())?;
                     changes.push(ErpChange::Put {
                         indexes: self.erp_indexes(collection, &new.key),
@@ -320,6 +329,20 @@ impl Vault {
         }];
         Ok(matches!(
             self.store.erp_apply(changes, true)?.first(),
+            Some(ErpChanged::Deleted { removed: true })
+        ))
+    }
+
+    /// Removes the record of (collection, key) if it is still record `id`, without syncing
+    /// (the upstream said it has no such record; like a fetched record, that can be learnt
+    /// again). True if it was removed.
+    pub fn erp_forget_fetched(&self, collection: &str, key: &str, id: u128) -> Result<bool, VaultError> {
+        let changes = vec![ErpChange::Delete {
+            indexes: self.erp_indexes(collection, key),
+            only_if_current: Some(Some(id)),
+        }];
+        Ok(matches!(
+            self.store.erp_apply(changes, false)?.first(),
             Some(ErpChanged::Deleted { removed: true })
         ))
     }

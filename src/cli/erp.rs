@@ -10,7 +10,8 @@ use crate::admin::{ErpCollectionRow, Request, Response};
 #[derive(Debug, Subcommand)]
 pub enum ErpCmd {
     /// Records and bytes per collection; with the server running, also its hits, misses,
-    /// stale answers, refreshes, upstream errors and calls since it started.
+    /// stale answers, refreshes, upstream errors and calls, and reads refused because too
+    /// many upstream calls were waiting, since it started.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -50,8 +51,8 @@ fn table(rows: &[ErpCollectionRow]) -> String {
     out.push_str(&format!("{:<20} {:>9} {:>11}", "COLLECTION", "RECORDS", "BYTES"));
     if serving {
         out.push_str(&format!(
-            " {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "HITS", "MISSES", "STALE", "REFRESHES", "ERRORS", "UPSTREAM"
+            " {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "HITS", "MISSES", "STALE", "REFRESHES", "ERRORS", "UPSTREAM", "BUSY"
         ));
     }
     out.push_str("  SOURCE\n");
@@ -60,8 +61,8 @@ fn table(rows: &[ErpCollectionRow]) -> String {
         if serving {
             let c = r.counters.unwrap_or_default();
             out.push_str(&format!(
-                " {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                c.hits, c.misses, c.stale, c.refreshes, c.errors, c.upstream_calls
+                " {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                c.hits, c.misses, c.stale, c.refreshes, c.errors, c.upstream_calls, c.busy
             ));
         }
         let source = match (&r.upstream, r.configured) {

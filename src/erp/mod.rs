@@ -63,12 +63,59 @@ pub fn check_collection_name(name: &str) -> Result<(), String> {
 /// which refuses a 128th level): deeper documents would break the apps' parsers.
 pub const MAX_JSON_DEPTH: usize = 127;
 
-/// Checks that `bytes` is one JSON value in UTF-8, nested at most [`MAX_JSON_DEPTH`] deep.
+/// Checks that `bytes` is one JSON value in UTF-8, nested at most [`MAX_JSON_DEPTH`] deep,
+/// without building it (a parsed tree takes many times the text's size). Numbers beyond
+/// `f64` (`1e400`) and lone surrogate escapes (`"\ud800"`) are refused, as serde_json does.
 pub fn check_json(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "the record is not UTF-8 text".to_owned())?;
-    serde_json::from_str::<serde_json::Value>(text)
+    serde_json::from_str::<ValidJson>(text)
         .map(drop)
         .map_err(|e| format!("the record is not valid JSON (at most {MAX_JSON_DEPTH} levels deep): {e}"))
+}
+
+/// A JSON value, checked and thrown away as it is read.
+struct ValidJson;
+
+impl<'de> serde::Deserialize<'de> for ValidJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ValidJsonVisitor).map(|()| ValidJson)
+    }
+}
+
+struct ValidJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValidJsonVisitor {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<ValidJson>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<ValidJson, ValidJson>()?.is_some() {}
+        Ok(())
+    }
 }
 
 /// Counts since the server started, per collection.
@@ -80,6 +127,7 @@ struct AtomicCounters {
     refreshes: AtomicU64,
     errors: AtomicU64,
     upstream_calls: AtomicU64,
+    busy: AtomicU64,
 }
 
 /// A snapshot of a collection's counters.
@@ -97,6 +145,9 @@ pub struct Counters {
     pub errors: u64,
     /// Upstream calls made.
     pub upstream_calls: u64,
+    /// Reads refused `503 upstream-busy` (too many upstream calls waiting).
+    #[serde(default)]
+    pub busy: u64,
 }
 
 /// The upstream part of a collection's settings.
@@ -121,7 +172,7 @@ pub struct Collection {
     upstream: Option<Arc<Upstream>>,
     counters: AtomicCounters,
     /// (time of the last upstream-failure log line, failures not logged since).
-    failure_log: Mutex<(i64, u64)>,
+    failure_log: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 impl Collection {
@@ -145,6 +196,11 @@ impl Collection {
         self.settings.as_ref().map(|s| s.template.origin())
     }
 
+    /// The upstream call's time limit (zero without an upstream).
+    pub fn upstream_timeout(&self) -> Duration {
+        self.settings.as_ref().map_or(Duration::ZERO, |s| s.timeout)
+    }
+
     /// Freshness of a newly stored record.
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
@@ -162,14 +218,14 @@ impl Collection {
     /// Logs an upstream failure, at most once per 10 s (with the count of those not
     /// logged), so a flood of failing reads cannot flood the log.
     fn log_failure(&self, origin: &str, why: &str) {
-        let now = Timestamp::now().0;
+        let now = std::time::Instant::now();
         let mut log = self.failure_log.lock().unwrap_or_else(PoisonError::into_inner);
-        if now - log.0 < FAILURE_LOG_EVERY_MS {
+        if log.0.is_some_and(|last| now.duration_since(last) < FAILURE_LOG_EVERY) {
             log.1 += 1;
             return;
         }
         let more = std::mem::take(&mut log.1);
-        log.0 = now;
+        log.0 = Some(now);
         drop(log);
         if more > 0 {
             eprintln!(
@@ -210,8 +266,11 @@ type Flight = watch::Receiver<Option<Arc<Outcome>>>;
 pub const MAX_MISSES_PER_DEVICE: u32 = 8;
 /// Flights (distinct keys being fetched or queued) per allowed concurrent upstream call.
 const FLIGHTS_PER_FETCH: usize = 16;
-/// At most one log line per collection about upstream failures in this many ms.
-const FAILURE_LOG_EVERY_MS: i64 = 10_000;
+/// At most one log line per collection about upstream failures this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a request waiting on an upstream call tells the connection watchdog it is
+/// alive, and a queued call checks whether anyone still waits for it.
+const WAIT_TICK: Duration = Duration::from_millis(250);
 
 #[derive(Debug)]
 struct Inner {
@@ -435,7 +494,7 @@ impl Erp {
                     settings,
                     upstream: None,
                     counters: AtomicCounters::default(),
-                    failure_log: Mutex::new((0, 0)),
+                    failure_log: Mutex::new((None, 0)),
                 },
             );
         }
@@ -521,25 +580,56 @@ impl Erp {
             refreshes: c.refreshes.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             upstream_calls: c.upstream_calls.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
         })
     }
 
     /// Reads `key` of `collection` (already authorised and checked) for `device`: from the
     /// cache when fresh, else from the upstream (one call per key at a time), else stale
-    /// within its window. A record larger than `budget` bytes is not opened
-    /// ([`ReadError::TooLarge`]).
+    /// within its window. `how` bounds the read: a byte budget shared by the records of
+    /// one answer (a record that does not fit is not opened: [`ReadError::TooLarge`]),
+    /// whether the upstream may be asked, and what to call while waiting on it (the
+    /// connection's watchdog).
     pub async fn read(
         &self,
         vault: &Arc<Vault>,
         collection: &Collection,
         key: &str,
         device: DeviceId,
-        budget: usize,
+        how: &ReadOptions<'_>,
     ) -> Result<Served, ReadError> {
-        let limit = u64::try_from(budget).unwrap_or(u64::MAX);
+        let reserved = Arc::new(AtomicU64::new(0));
+        let result = self.read_inner(vault, collection, key, device, how, &reserved).await;
+        if let (Err(_), Some(budget)) = (&result, &how.budget) {
+            // Nothing was served: its reservation is given back.
+            budget.give(reserved.swap(0, Ordering::AcqRel));
+        }
+        result
+    }
+
+    async fn read_inner(
+        &self,
+        vault: &Arc<Vault>,
+        collection: &Collection,
+        key: &str,
+        device: DeviceId,
+        how: &ReadOptions<'_>,
+        reserved: &Arc<AtomicU64>,
+    ) -> Result<Served, ReadError> {
         let cached = {
             let (vault, name, key) = (vault.clone(), collection.name.clone(), key.to_owned());
-            blocking(move || vault.erp_get_within(&name, &key, limit)).await??
+            let (budget, reserved) = (how.budget.clone(), reserved.clone());
+            blocking(move || {
+                vault.erp_get_admitted(&name, &key, |size, _| match &budget {
+                    None => true,
+                    Some(b) if b.take(size) => {
+                        reserved.store(size, Ordering::Release);
+                        true
+                    }
+                    Some(_) => false,
+                })
+            })
+            .await??
         };
         let cached = match cached {
             Some(Err(_too_large)) => return Err(ReadError::TooLarge),
@@ -573,9 +663,13 @@ impl Erp {
                 }
             };
         };
-        let (outcome, collapsed) = match self.take_miss(device) {
-            Some(_turn) => self.fly(vault, collection, upstream, key).await,
-            None => (Arc::new(Outcome::Busy), false),
+        let (outcome, collapsed) = if !how.upstream {
+            (Arc::new(Outcome::Failed(FetchError::Timeout)), false)
+        } else {
+            match self.take_miss(device) {
+                Some(turn) => self.fly(vault, collection, upstream, key, turn, how.keepalive).await,
+                None => (Arc::new(Outcome::Busy), false),
+            }
         };
         let now = Timestamp::now();
         let stale = |fwd_status: u16, otherwise: ReadError| match &cached {
@@ -589,8 +683,21 @@ impl Erp {
             }
             _ => Err(otherwise),
         };
+        // A record from the flight replaces the cached one in the budget.
+        let fits = |r: &ErpRecord| match &how.budget {
+            None => true,
+            Some(b) => {
+                b.give(reserved.swap(0, Ordering::AcqRel));
+                let size = r.value.len() as u64;
+                let taken = b.take(size);
+                if taken {
+                    reserved.store(size, Ordering::Release);
+                }
+                taken
+            }
+        };
         match &*outcome {
-            Outcome::Fresh(r) | Outcome::Stored(r) if r.value.len() > budget => Err(ReadError::TooLarge),
+            Outcome::Fresh(r) | Outcome::Stored(r) if !fits(r) => Err(ReadError::TooLarge),
             Outcome::Fresh(r) => {
                 collection.count(|c| &c.hits);
                 Ok(Served {
@@ -619,7 +726,10 @@ impl Erp {
             }
             Outcome::Failed(FetchError::Timeout) => stale(504, ReadError::UpstreamTimeout),
             Outcome::Failed(FetchError::Failed(_)) => stale(502, ReadError::UpstreamFailed),
-            Outcome::Busy => stale(503, ReadError::Busy),
+            Outcome::Busy => {
+                collection.count(|c| &c.busy);
+                stale(503, ReadError::Busy)
+            }
             Outcome::Internal(_) => Err(ReadError::Internal),
         }
     }
@@ -639,42 +749,62 @@ impl Erp {
     }
 
     /// Joins the flight for (collection, key), or starts it. Returns its outcome and
-    /// whether this request joined another's flight.
+    /// whether this request joined another's flight. A request that starts a flight hands
+    /// its device's turn to it (held until the call ends, even if the caller goes away);
+    /// one that joins holds its turn while it waits.
     async fn fly(
         &self,
         vault: &Arc<Vault>,
         collection: &Collection,
         upstream: &Arc<Upstream>,
         key: &str,
+        turn: MissTurn,
+        keepalive: &(dyn Fn() + Sync),
     ) -> (Arc<Outcome>, bool) {
         let flight_key = (collection.name.clone(), key.to_owned());
         let joined = {
             let mut flights = self.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
             // A flight whose task is gone (its runtime stopped) is replaced.
             let live = flights.get(&flight_key).filter(|rx| rx.has_changed().is_ok()).cloned();
+            if live.is_none() && flights.len() >= self.inner.max_flights {
+                flights.retain(|_, rx| rx.has_changed().is_ok());
+            }
             match live {
-                Some(rx) => Some((rx, true)),
+                Some(rx) => Some((rx, Some(turn))),
                 None if flights.len() >= self.inner.max_flights => None,
                 None => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(flight_key.clone(), rx.clone());
-                    self.launch(vault.clone(), collection, upstream.clone(), flight_key, tx, rx.clone());
-                    Some((rx, false))
+                    self.launch(
+                        vault.clone(),
+                        collection,
+                        upstream.clone(),
+                        flight_key,
+                        tx,
+                        rx.clone(),
+                        turn,
+                    );
+                    Some((rx, None))
                 }
             }
         };
-        let Some((mut rx, joined)) = joined else {
+        let Some((mut rx, held)) = joined else {
             return (Arc::new(Outcome::Busy), false);
         };
-        // The flight runs on its own task, bounded by the wait for a turn and the upstream
-        // timeout; waiting here is bounded too.
+        let joined = held.is_some();
+        // The flight is bounded by its wait for a turn and the upstream timeout; waiting
+        // here is bounded too, and tells the watchdog the connection is alive.
         let patience = upstream.timeout() * 2 + Duration::from_secs(5);
-        let done = tokio::time::timeout(patience, rx.wait_for(Option::is_some)).await;
-        let outcome = match done {
-            Ok(Ok(value)) => value.clone(),
-            Ok(Err(_)) => None,
-            Err(_) => Some(Arc::new(Outcome::Failed(FetchError::Timeout))),
+        let started = tokio::time::Instant::now();
+        let outcome = loop {
+            match tokio::time::timeout(WAIT_TICK, rx.wait_for(Option::is_some)).await {
+                Ok(Ok(value)) => break value.clone(),
+                Ok(Err(_)) => break None,
+                Err(_) if started.elapsed() >= patience => break Some(Arc::new(Outcome::Failed(FetchError::Timeout))),
+                Err(_) => keepalive(),
+            }
         };
+        drop(held);
         (
             outcome.unwrap_or_else(|| Arc::new(Outcome::Internal("the upstream call was abandoned".into()))),
             joined,
@@ -682,6 +812,7 @@ impl Erp {
     }
 
     /// Starts a flight on its own task, so a caller going away does not cancel it.
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         vault: Arc<Vault>,
@@ -690,35 +821,54 @@ impl Erp {
         flight_key: (String, String),
         tx: watch::Sender<Option<Arc<Outcome>>>,
         own: Flight,
+        turn: MissTurn,
     ) {
         let erp = self.clone();
         let ttl_ms = collection.ttl_ms;
         let stale_ms = collection.stale_ms;
         tokio::spawn(async move {
+            let _turn = turn;
             // However this task ends, its entry leaves the map (only its own: a newer
             // flight for the same key may have replaced it).
-            let _entry = FlightEntry {
+            let entry = FlightEntry {
                 erp: erp.clone(),
                 key: flight_key.clone(),
                 own,
             };
-            let permit = tokio::time::timeout(upstream.timeout(), erp.inner.fetches.clone().acquire_owned()).await;
-            let Ok(Ok(permit)) = permit else {
+            // A turn among the upstream calls, waited for at most the upstream timeout,
+            // and given up as soon as nobody waits for the answer any more.
+            let permit = {
+                let acquire = erp.inner.fetches.clone().acquire_owned();
+                tokio::pin!(acquire);
+                let deadline = tokio::time::Instant::now() + upstream.timeout();
+                loop {
+                    tokio::select! {
+                        p = &mut acquire => break p.ok(),
+                        () = tokio::time::sleep(WAIT_TICK) => {
+                            if entry.abandon_if_unwanted(&tx) {
+                                return;
+                            }
+                            if tokio::time::Instant::now() >= deadline {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(permit) = permit else {
                 let _ = tx.send(Some(Arc::new(Outcome::Busy)));
                 return;
             };
-            // Everyone who asked may have given up while this waited for its turn (the
-            // map holds one receiver, this task another): then the ERP is not called.
-            if tx.receiver_count() <= 2 {
-                let _ = tx.send(Some(Arc::new(Outcome::Busy)));
+            if entry.abandon_if_unwanted(&tx) {
                 return;
             }
             let (name, key) = flight_key.clone();
             let counting = erp.clone();
             let outcome = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                // Another flight may have stored it since this request looked; the id seen
-                // now decides whether the answer may replace (or remove) what is stored.
+                // Another flight may have stored it since this request looked; the record
+                // seen now decides whether the answer may replace (or remove) what is
+                // stored, and keeps its entity tag if the content did not change.
                 let seen = match vault.erp_get(&name, &key) {
                     Ok(Some(r)) if Timestamp::now() < r.fresh_until => return Outcome::Fresh(r),
                     Ok(r) => r,
@@ -738,22 +888,33 @@ impl Erp {
                             fresh_until,
                             stale_until: Timestamp(fresh_until.0.saturating_add(stale_ms)),
                         };
-                        match vault.erp_store_fetched(&name, new, now, seen.as_ref()) {
+                        match vault.erp_store_fetched(&name, new.clone(), now, seen.as_ref()) {
                             Ok(Some(r)) => Outcome::Stored(r),
-                            // Removed by an integration while the call ran.
+                            // The record seen was removed meanwhile (a purge, the sweep, an
+                            // integration): the ERP's answer is stored if nothing else was.
+                            Ok(None) => match vault.erp_store_fetched(&name, new, now, None) {
+                                Ok(Some(r)) => Outcome::Stored(r),
+                                Ok(None) => Outcome::Gone,
+                                Err(e) => Outcome::Internal(e.to_string()),
+                            },
+                            Err(e) => Outcome::Internal(e.to_string()),
+                        }
+                    }
+                    Ok(Fetched::Gone) => {
+                        // Removed only if it is still the record seen (not synced: like a
+                        // fetched record, it can be learnt again); a record pushed while
+                        // the call ran stays and is served.
+                        if let Some(r) = &seen
+                            && let Err(e) = vault.erp_forget_fetched(&name, &key, r.id)
+                        {
+                            return Outcome::Internal(e.to_string());
+                        }
+                        match vault.erp_get(&name, &key) {
+                            Ok(Some(r)) => Outcome::Fresh(r),
                             Ok(None) => Outcome::Gone,
                             Err(e) => Outcome::Internal(e.to_string()),
                         }
                     }
-                    Ok(Fetched::Gone) => match vault.erp_delete_if(&name, &key, Some(seen.map(|r| r.id))) {
-                        // A record pushed while the call ran stays and is served.
-                        Ok(_) => match vault.erp_get(&name, &key) {
-                            Ok(Some(r)) => Outcome::Stored(r),
-                            Ok(None) => Outcome::Gone,
-                            Err(e) => Outcome::Internal(e.to_string()),
-                        },
-                        Err(e) => Outcome::Internal(e.to_string()),
-                    },
                     Err(e) => {
                         c.count(|c| &c.errors);
                         let why = match &e {
@@ -784,6 +945,67 @@ impl Erp {
     }
 }
 
+/// How a read is bounded.
+pub struct ReadOptions<'a> {
+    /// The byte budget of the answer this read is part of (multi-get), if any.
+    pub budget: Option<Arc<Budget>>,
+    /// Whether the upstream may be asked (a multi-get past its deadline answers from the
+    /// cache only).
+    pub upstream: bool,
+    /// Called while waiting on the upstream (tells the connection watchdog the request
+    /// is alive).
+    pub keepalive: &'a (dyn Fn() + Sync),
+}
+
+impl ReadOptions<'_> {
+    /// A single read: no budget, the upstream may be asked, nothing to keep alive.
+    pub fn single() -> ReadOptions<'static> {
+        ReadOptions {
+            budget: None,
+            upstream: true,
+            keepalive: &|| {},
+        }
+    }
+}
+
+/// Bytes of record values one answer may hold. A read reserves a record's size before it
+/// is opened; a read that serves nothing gives its reservation back.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    spent: AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            spent: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes `size` bytes if they fit.
+    fn take(&self, size: u64) -> bool {
+        self.spent
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
+                spent.checked_add(size).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, size: u64) {
+        let _ = self.spent.fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
+            Some(spent.saturating_sub(size))
+        });
+    }
+
+    /// Bytes taken so far.
+    pub fn spent(&self) -> u64 {
+        self.spent.load(Ordering::Acquire)
+    }
+}
+
 /// One of a device's turns at waiting on an upstream call; given back when dropped.
 struct MissTurn {
     erp: Erp,
@@ -807,6 +1029,22 @@ struct FlightEntry {
     erp: Erp,
     key: (String, String),
     own: Flight,
+}
+
+impl FlightEntry {
+    /// When nobody waits for this flight any more (the map and this entry hold the only
+    /// receivers), removes it from the map and returns true. Checked under the map's lock,
+    /// which a joining request also takes, so nobody joins a flight being dropped.
+    fn abandon_if_unwanted(&self, tx: &watch::Sender<Option<Arc<Outcome>>>) -> bool {
+        let mut flights = self.erp.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if tx.receiver_count() > 2 {
+            return false;
+        }
+        if flights.get(&self.key).is_some_and(|rx| rx.same_channel(&self.own)) {
+            flights.remove(&self.key);
+        }
+        true
+    }
 }
 
 impl Drop for FlightEntry {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::app::erp::{ETAG_LEN, ErpOp, NewErpRecord, Written};
-use crate::erp::{Collection, ReadError, Served, check_key};
+use crate::erp::{Budget, Collection, ReadError, ReadOptions, Served, check_key};
 use crate::http::State;
 use crate::http::auth::{Body, Caller, Identified};
 use crate::http::error::{PROBLEM_TYPE_PREFIX, Problem, Reason};
@@ -155,15 +155,32 @@ fn cache_headers(res: &mut actix_web::HttpResponseBuilder, served: &Served, etag
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache")));
 }
 
+/// Tells the connection's watchdog that a request waiting on the ERP is alive.
+fn keepalive(req: &HttpRequest) -> impl Fn() + Sync + use<> {
+    let activity = req
+        .conn_data::<crate::http::watchdog::ConnActivity>()
+        .map(|c| c.activity.clone());
+    move || {
+        if let Some(a) = &activity {
+            a.touch();
+        }
+    }
+}
+
 /// `GET /v1/erp/{collection}/{key}`.
 pub async fn read_one(caller: Caller, req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, Problem> {
     let (name, key) = collection_and_key(&req)?;
     let c = collection(&state, &name)?;
     require_reader(&caller, c)?;
+    let alive = keepalive(&req);
+    let how = ReadOptions {
+        keepalive: &alive,
+        ..ReadOptions::single()
+    };
     let served = state
         .options
         .erp
-        .read(&state.vault, c, &key, caller.device.id, usize::MAX)
+        .read(&state.vault, c, &key, caller.device.id, &how)
         .await
         .map_err(read_problem)?;
     let etag = etag_text(&served.record.etag);
@@ -235,45 +252,45 @@ pub async fn read_many(
     let _slot = state.transfers.begin(Transfer::Download, caller.device.id)?;
     let erp = &state.options.erp;
     // A few records at a time, each opened only if it fits what is left of the answer's
-    // budget, so memory stays bounded whatever the records' sizes.
-    let spent = std::sync::atomic::AtomicUsize::new(0);
+    // budget (reserved before it is opened), so memory stays bounded whatever the
+    // records' sizes. Past the collection's upstream timeout, the remaining keys are
+    // answered from the cache alone: a hanging ERP cannot stretch one answer for minutes.
+    let budget = Budget::new(MAX_MULTI_GET_BYTES as u64);
     let device = caller.device.id;
+    let alive = keepalive(&req);
+    let deadline = std::time::Instant::now() + c.upstream_timeout();
+    let vault = &state.vault;
     let results: Vec<_> = futures_util::stream::iter(keys.iter())
         .map(|k| {
-            let left = MAX_MULTI_GET_BYTES.saturating_sub(spent.load(std::sync::atomic::Ordering::Relaxed));
-            erp.read(&state.vault, c, k, device, left)
+            let how = ReadOptions {
+                budget: Some(budget.clone()),
+                upstream: std::time::Instant::now() < deadline,
+                keepalive: &alive,
+            };
+            async move { erp.read(vault, c, k, device, &how).await }
         })
         .buffered(MULTI_GET_CONCURRENCY)
-        .inspect(|r| {
-            if let Ok(served) = r {
-                spent.fetch_add(served.record.value.len(), std::sync::atomic::Ordering::Relaxed);
-            }
-        })
+        .inspect(|_| alive())
         .collect()
         .await;
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"records\":[");
-    let mut value_bytes = 0usize;
     for (i, (key, result)) in keys.iter().zip(results).enumerate() {
         if i > 0 {
             body.push(b',');
         }
         let (head, value) = match result {
-            Ok(served) if value_bytes.saturating_add(served.record.value.len()) <= MAX_MULTI_GET_BYTES => {
-                value_bytes += served.record.value.len();
-                (
-                    EntryHead {
-                        key,
-                        status: 200,
-                        etag: Some(etag_text(&served.record.etag)),
-                        age: Some(served.age_secs()),
-                        cache_status: Some(served.cache_status()),
-                        problem: None,
-                    },
-                    Some(served.record.value),
-                )
-            }
-            Ok(_) => (error_entry(key, Reason::PayloadTooLarge), None),
+            Ok(served) => (
+                EntryHead {
+                    key,
+                    status: 200,
+                    etag: Some(etag_text(&served.record.etag)),
+                    age: Some(served.age_secs()),
+                    cache_status: Some(served.cache_status()),
+                    problem: None,
+                },
+                Some(served.record.value),
+            ),
             Err(e) => (error_entry(key, read_problem(e).reason), None),
         };
         let head = serde_json::to_vec(&head).map_err(|_| Problem::new(Reason::Internal))?;
@@ -432,9 +449,33 @@ pub async fn delete(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchBody<'a> {
-    /// Parsed one by one, so an error names its operation.
-    #[serde(borrow)]
+    /// Parsed one by one, so an error names its operation; more than
+    /// [`MAX_BATCH_OPS`] stop the parse at once.
+    #[serde(borrow, deserialize_with = "at_most_max_ops")]
     operations: Vec<&'a RawValue>,
+}
+
+fn at_most_max_ops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<&'de RawValue>, D::Error> {
+    struct Ops;
+    impl<'de> serde::de::Visitor<'de> for Ops {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_BATCH_OPS} operations")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ops = Vec::new();
+            while let Some(op) = seq.next_element::<&'de RawValue>()? {
+                if ops.len() == MAX_BATCH_OPS {
+                    return Err(serde::de::Error::custom(format!(
+                        "a batch holds 1 to {MAX_BATCH_OPS} operations"
+                    )));
+                }
+                ops.push(op);
+            }
+            Ok(ops)
+        }
+    }
+    d.deserialize_seq(Ops)
 }
 
 #[derive(Deserialize)]
