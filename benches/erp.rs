@@ -141,7 +141,7 @@ use coffer::app::sessions::{Credentials, SessionPolicy};
 use coffer::app::{Paths, Vault};
 use coffer::config::{AuthConfig, Config, Limits, TlsVersion};
 use coffer::crypto::kdf::KdfParams;
-use coffer::erp::Erp;
+use coffer::erp::{Erp, ReadOptions};
 use coffer::http::{RunningServer, ServerOptions};
 use coffer::model::{Role, Timestamp};
 use coffer::secret::Passphrase;
@@ -1293,7 +1293,7 @@ fn pieces(fixture: &Fixture, erp: Option<&Erp>, secs: f64) -> Vec<Piece> {
         "Erp::read: the above on the blocking pool (spawn_blocking), wall time [runtime]",
         time_per_call(secs, || {
             let served = runtime
-                .block_on(erp.read(vault, collection, next_key(), info.id, usize::MAX))
+                .block_on(erp.read(vault, collection, next_key(), info.id, &ReadOptions::single()))
                 .unwrap();
             assert_eq!(served.record.value.len(), RECORD_SIZE);
         }),
