@@ -1290,7 +1290,7 @@ fn pieces(fixture: &Fixture, erp: Option<&Erp>, secs: f64) -> Vec<Piece> {
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     piece(
         "server ERP read",
-        "Erp::read: the above on the blocking pool (spawn_blocking), wall time [runtime]",
+        "Erp::read of a hit: the above and the cache logic, wall time [runtime]",
         time_per_call(secs, || {
             let served = runtime
                 .block_on(erp.read(vault, collection, next_key(), info.id, &ReadOptions::single()))
