@@ -317,7 +317,22 @@ fn classify(e: ureq::Error) -> FetchError {
         ureq::Error::BodyExceedsLimit(limit) => {
             FetchError::Failed(format!("the upstream's record is larger than {limit} bytes"))
         }
-        other => FetchError::Failed(other.to_string()),
+        other => FetchError::Failed(describe(&other)),
+    }
+}
+
+/// What went wrong, for the log, without the URL (it holds a record key, which the
+/// database keeps only as a keyed hash).
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => format!("I/O error ({})", io.kind()),
+        ureq::Error::HostNotFound => "the host name does not resolve".to_owned(),
+        ureq::Error::ConnectionFailed => "the connection failed".to_owned(),
+        ureq::Error::Protocol(p) => format!("HTTP protocol error: {p}"),
+        ureq::Error::Tls(m) => format!("TLS: {m}"),
+        ureq::Error::Rustls(r) => format!("TLS: {r}"),
+        ureq::Error::TooManyRedirects | ureq::Error::RedirectFailed => "a redirect (not followed)".to_owned(),
+        _ => "the call failed".to_owned(),
     }
 }
 
