@@ -151,38 +151,27 @@ impl Store {
                         record,
                         only_if_current,
                     } => {
-                        let old = find(&mut keys, &records, &indexes)?;
-                        if only_if_current.is_some_and(|expected| expected != old.as_ref().map(|(id, _)| *id)) {
+                        let Some(replaced) = take_current(&mut keys, &mut records, &indexes, only_if_current)? else {
                             outcome.push(ErpChanged::Changed);
                             continue;
-                        }
-                        if let Some((old_id, existing)) = &old {
-                            records.remove(*old_id)?;
-                            keys.remove(existing.index)?;
-                        }
+                        };
                         if records.get(id)?.is_some() {
                             return Err(StoreError::Conflict("an ERP record with this id"));
                         }
                         keys.insert(record.index, id)?;
                         records.insert(id, record.encode()?.as_slice())?;
-                        outcome.push(ErpChanged::Stored {
-                            replaced: old.is_some(),
-                        });
+                        outcome.push(ErpChanged::Stored { replaced });
                     }
                     ErpChange::Delete {
                         indexes,
                         only_if_current,
                     } => {
-                        let old = find(&mut keys, &records, &indexes)?;
-                        if only_if_current.is_some_and(|expected| expected != old.as_ref().map(|(id, _)| *id)) {
-                            outcome.push(ErpChanged::Changed);
-                            continue;
-                        }
-                        if let Some((old_id, existing)) = &old {
-                            records.remove(*old_id)?;
-                            keys.remove(existing.index)?;
-                        }
-                        outcome.push(ErpChanged::Deleted { removed: old.is_some() });
+                        outcome.push(
+                            match take_current(&mut keys, &mut records, &indexes, only_if_current)? {
+                                Some(removed) => ErpChanged::Deleted { removed },
+                                None => ErpChanged::Changed,
+                            },
+                        );
                     }
                 }
             }
@@ -247,6 +236,26 @@ impl Store {
 
 type RecordTable<'t> = redb::Table<'t, u128, &'static [u8]>;
 type KeyTable<'t> = redb::Table<'t, [u8; 32], u128>;
+
+/// Removes the key's current record (and its index entry), unless `only_if_current` says
+/// which record it must be and it is another: then `None`, nothing removed. Otherwise
+/// whether there was a record.
+fn take_current(
+    keys: &mut KeyTable<'_>,
+    records: &mut RecordTable<'_>,
+    indexes: &[[u8; 32]],
+    only_if_current: Option<Option<u128>>,
+) -> Result<Option<bool>, StoreError> {
+    let old = find(keys, records, indexes)?;
+    if only_if_current.is_some_and(|expected| expected != old.as_ref().map(|(id, _)| *id)) {
+        return Ok(None);
+    }
+    if let Some((old_id, existing)) = &old {
+        records.remove(*old_id)?;
+        keys.remove(existing.index)?;
+    }
+    Ok(Some(old.is_some()))
+}
 
 /// The record the key's index entries lead to. An entry that leads nowhere (the file
 /// was edited, or damaged) is removed, so the key can be written again.
