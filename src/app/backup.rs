@@ -478,7 +478,16 @@ fn read_backup(
         })?;
         progress(reader.offset, size);
     }
-    check_keys_match(&meta, keyring)?;
+    let unknown = check_keys_match(&meta, keyring)?;
+    if let Some(b) = sink {
+        // Versions added to the key file after the backup was taken: the restored
+        // database learns them, as it would have by the rotation that made them.
+        for v in unknown {
+            if let Some(master) = keyring.version(v) {
+                b.insert(BackupTable::Meta, format!("key_check:{v:010}").as_bytes(), &master.check_value())?;
+            }
+        }
+    }
     Ok(BackupSummary {
         path: path.to_path_buf(),
         created: Timestamp(header.created_ms),
@@ -489,19 +498,23 @@ fn read_backup(
     })
 }
 
-/// The restored database must open with this key file: every version the key file holds
-/// has the same check value in the backup and is not retired there.
-fn check_keys_match(meta: &BTreeMap<Vec<u8>, Vec<u8>>, keyring: &Keyring) -> Result<(), BackupError> {
+/// The restored database must open with this key file. Every version the key file holds
+/// must either have the same check value in the backup, or be unknown to it (a version
+/// added by a rotation after the backup was taken: the restore records its check value);
+/// none may be one the backup's database retired. Returns the versions to record.
+fn check_keys_match(meta: &BTreeMap<Vec<u8>, Vec<u8>>, keyring: &Keyring) -> Result<Vec<u32>, BackupError> {
+    let mut unknown = Vec::new();
     for v in keyring.versions() {
         let Some(master) = keyring.version(v) else { continue };
-        let check = meta.get(format!("key_check:{v:010}").as_bytes());
-        let matches =
-            check.is_some_and(|c| bool::from(subtle::ConstantTimeEq::ct_eq(&c[..], &master.check_value()[..])));
-        if !matches {
-            return Err(BackupError::Inconsistent(format!(
-                "the key file's master key version {v} is not the one this backup's database knows: \
-                 restore with the key file that was current when the backup was made"
-            )));
+        match meta.get(format!("key_check:{v:010}").as_bytes()) {
+            None => unknown.push(v),
+            Some(c) if bool::from(subtle::ConstantTimeEq::ct_eq(&c[..], &master.check_value()[..])) => {}
+            Some(_) => {
+                return Err(BackupError::Inconsistent(format!(
+                    "the key file's master key version {v} is not the one this backup's database knows: \
+                     restore with the key file that was current when the backup was made"
+                )));
+            }
         }
         if meta.contains_key(format!("key_retired:{v:010}").as_bytes()) {
             return Err(BackupError::Inconsistent(format!(
@@ -510,7 +523,7 @@ fn check_keys_match(meta: &BTreeMap<Vec<u8>, Vec<u8>>, keyring: &Keyring) -> Res
             )));
         }
     }
-    Ok(())
+    Ok(unknown)
 }
 
 /// Checks a backup end to end without restoring it.

@@ -43,12 +43,20 @@ impl KeyCmd {
                 } else {
                     None
                 };
-                let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
-                let request = Request::KeyPassphrase {
+                let request = |new: crate::secret::Passphrase| Request::KeyPassphrase {
                     new: crate::secret::SecretString::new(String::from_utf8_lossy(new.expose()).into_owned()),
                     kdf,
                 };
-                if let Response::Done(text) = ctx.admin(request)? {
+                let answer = if crate::admin::socket::connect(&ctx.config.data_dir)?.is_some() {
+                    let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
+                    ctx.admin(request(new))?
+                } else {
+                    // The current passphrase first: a wrong one fails before a new one is asked.
+                    let vault = ctx.open_vault()?;
+                    let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
+                    crate::admin::execute(&vault, &ctx.admin_settings()?, request(new), &mut |_, _| {})?
+                };
+                if let Response::Done(text) = answer {
                     println!("{text}");
                 }
             }
