@@ -484,7 +484,11 @@ fn read_backup(
         // database learns them, as it would have by the rotation that made them.
         for v in unknown {
             if let Some(master) = keyring.version(v) {
-                b.insert(BackupTable::Meta, format!("key_check:{v:010}").as_bytes(), &master.check_value())?;
+                b.insert(
+                    BackupTable::Meta,
+                    format!("key_check:{v:010}").as_bytes(),
+                    &master.check_value(),
+                )?;
             }
         }
     }
