@@ -605,17 +605,19 @@ fn admin_commands_go_through_the_running_server_and_open_the_database_after() {
         "it opened the database itself: {stderr}"
     );
     assert!(through_socket.contains(&demo_device_id(d)), "{through_socket}");
-    // A command that does not go through the socket is refused with a clear message.
+    // Key management goes through the socket too.
     let out = coffer_in(d).args(["key", "status"]).output().unwrap();
     let stderr = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "key status next to a running server: {stderr}"
-    );
+    assert!(out.status.success(), "key status next to a running server: {stderr}");
+    assert!(text(&out.stdout).contains("(current)"), "{}", text(&out.stdout));
+    assert!(!stderr.contains("development passphrase"), "{stderr}");
+    // A command that must have the file to itself is refused with a clear message.
+    let out = coffer_in(d).arg("compact").output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "compact next to a running server: {stderr}");
     assert!(
-        stderr.contains("coffer serve") && stderr.contains("holds the database"),
-        "the message does not say the server holds the database: {stderr}"
+        stderr.contains("coffer serve is running") && stderr.contains("stop the server"),
+        "the message does not say to stop the server: {stderr}"
     );
     // A second dev server in the same directory is refused the same way.
     let out = coffer_in(d)

@@ -577,7 +577,6 @@ pub fn restore(
 ) -> Result<RestoreReport, BackupError> {
     let _lock = lock_keys(paths)?;
     let (keyring, _) = unlock_keyring(paths, passphrase)?;
-    super::durable::create_private_dir(&paths.data_dir).map_err(io_at(&paths.data_dir))?;
     // Work beside the real file: the live name may be a symlink into another volume.
     let live = match std::fs::canonicalize(paths.database()) {
         Ok(p) => p,
@@ -587,6 +586,8 @@ pub fn restore(
     let live_exists = live.symlink_metadata().is_ok();
     let kept = with_suffix(&live, PRE_RESTORE_SUFFIX);
     let summary = read_backup(file, &keyring, &mut |done, total| progress(1, done, total), None)?;
+    // Only now, with the whole backup verified, is anything created.
+    super::durable::create_private_dir(&paths.data_dir).map_err(io_at(&paths.data_dir))?;
     if keep && live_exists && kept.symlink_metadata().is_ok() {
         return Err(BackupError::PreRestoreExists(kept.display().to_string()));
     }

@@ -65,7 +65,7 @@ impl RestoreCmd {
         if !self.check && crate::admin::socket::connect(&paths.data_dir)?.is_some() {
             anyhow::bail!(
                 "coffer serve is running on {}: stop it first (e.g. `systemctl stop coffer`), restore, then start it \
-                 again; or restore into a fresh directory with --data-dir",
+                 again (to try a backup while it serves, use `coffer restore --check`)",
                 paths.data_dir.display()
             );
         }

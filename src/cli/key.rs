@@ -53,8 +53,8 @@ impl KeyCmd {
                 } else {
                     // The current passphrase first: a wrong one fails before a new one is asked.
                     let vault = ctx.open_vault()?;
-                    let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
-                    crate::admin::execute(&vault, &ctx.admin_settings()?, request(new), &mut |_, _| {})?
+                    let new = request(unlock::new(cmd.new_passphrase_file.as_deref(), false)?);
+                    crate::admin::execute(&vault, &ctx.admin_settings(&new)?, new, &mut |_, _| {})?
                 };
                 if let Response::Done(text) = answer {
                     println!("{text}");

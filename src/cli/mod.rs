@@ -125,14 +125,26 @@ impl Context {
         )?)
     }
 
-    /// The settings an admin command runs with when this process executes it.
-    fn admin_settings(&self) -> anyhow::Result<crate::admin::Settings> {
+    /// The settings an admin command runs with when this process executes it. Only the
+    /// commands that hand out an endpoint (device issue, enroll, renew) read the server
+    /// certificate for it, so the others work with the key file alone (e.g. after a
+    /// restore on a new machine).
+    fn admin_settings(&self, request: &crate::admin::Request) -> anyhow::Result<crate::admin::Settings> {
+        use crate::admin::Request;
+        let needs_endpoint = matches!(
+            request,
+            Request::DeviceIssue { .. } | Request::DeviceEnroll { .. } | Request::DeviceRenew { .. }
+        );
         Ok(crate::admin::Settings {
             argon2: self.config.argon2.params(),
             device_days: self.config.pki.device_days,
             server_days: self.config.pki.server_days,
             region: self.config.auth.region.clone(),
-            endpoint: device::endpoint(self, None)?,
+            endpoint: if needs_endpoint {
+                device::endpoint(self, None)?
+            } else {
+                String::new()
+            },
             erp: crate::erp::Erp::parse(&self.config.erp)?,
         })
     }
@@ -155,12 +167,13 @@ impl Context {
         if matches!(request, crate::admin::Request::UserAdd { .. }) {
             warn_if_weak(self.config.argon2.params());
         }
+        let settings = self.admin_settings(&request)?;
         let mut vault = self.open_vault()?;
         if matches!(request, crate::admin::Request::KeyRotate) {
             // With the database to itself, a rotation also retires the old versions.
             return key::rotate_offline(&mut vault, progress);
         }
-        crate::admin::execute(&vault, &self.admin_settings()?, request, progress)
+        crate::admin::execute(&vault, &settings, request, progress)
     }
 
     /// Unlocks the key file and opens the database.
