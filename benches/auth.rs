@@ -269,6 +269,7 @@ impl Product {
                 device_days: 365,
                 allow: coffer::http::allowlist::Allowlist::loopback(),
                 erp: coffer::erp::Erp::default(),
+                audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
             },
         )
         .unwrap();

@@ -881,6 +881,7 @@ fn start_coffer(fixture: &mut Fixture, workers: usize) -> (RunningServer, Erp) {
             device_days: 365,
             allow: coffer::http::allowlist::Allowlist::loopback(),
             erp: erp.clone(),
+            audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
         },
     )
     .unwrap();

@@ -529,6 +529,7 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
             device_days: 365,
             allow: coffer::http::allowlist::Allowlist::loopback(),
             erp: coffer::erp::Erp::default(),
+            audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
         },
     )
     .unwrap();

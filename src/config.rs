@@ -53,6 +53,25 @@ pub struct Config {
     pub allow_cidrs: Option<Vec<String>>,
     /// The ERP record cache: its collections and limits.
     pub erp: ErpConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the tamper-evident audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries older than this many days are pruned (the chain stays verifiable from an
+    /// anchor). 1 to 36500.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: crate::app::audit::DEFAULT_RETENTION_DAYS,
+        }
+    }
 }
 
 impl Default for Config {
@@ -70,6 +89,7 @@ impl Default for Config {
             public_url: None,
             allow_cidrs: None,
             erp: ErpConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -553,6 +573,9 @@ impl Config {
         };
         if !(1..=65536).contains(&self.cache_mib) {
             return invalid("cache_mib", "must be 1 to 65536 (MiB)");
+        }
+        if !(1..=36_500).contains(&self.audit.retention_days) {
+            return invalid("audit.retention_days", "must be 1 to 36500 (days)");
         }
         if self.limits.max_upload_bytes == 0 || self.limits.max_upload_bytes > 1 << 40 {
             return invalid("limits.max_upload_bytes", "must be 1 byte to 1 TiB");

@@ -168,7 +168,7 @@ fn two_binary_rotations_leave_only_the_newest_version() {
 
 #[test]
 fn interrupted_rotation_is_completed_by_the_binary() {
-    let (dirs, mut vault) = temp_vault();
+    let (dirs, vault) = temp_vault();
     let contents = populate(&vault, 10);
     {
         let mut rotation = vault.begin_rotation().unwrap();
@@ -209,7 +209,7 @@ fn interrupted_rotation_is_completed_by_the_binary() {
 
 #[test]
 fn rotation_interrupted_among_users_is_completed_by_the_binary() {
-    let (dirs, mut vault) = temp_vault();
+    let (dirs, vault) = temp_vault();
     let contents = populate(&vault, 4);
     {
         let mut rotation = vault.begin_rotation().unwrap();
@@ -235,12 +235,12 @@ fn rotation_interrupted_among_users_is_completed_by_the_binary() {
 
 #[test]
 fn rotation_interrupted_before_any_step_is_completed_by_the_binary() {
-    let (dirs, mut vault) = temp_vault();
+    let (dirs, vault) = temp_vault();
     let contents = populate(&vault, 2);
     // The new version reaches the key file; then the rotation stops before any step.
     let rotation = vault.begin_rotation().unwrap();
     assert_eq!(rotation.target(), 2);
-    let _ = rotation;
+    drop(rotation);
     drop(vault);
     let stdout = run_coffer_ok(&dirs.paths, &["key", "rotate"]);
     assert!(stdout.contains("resumed"), "{stdout}");
@@ -251,7 +251,7 @@ fn rotation_interrupted_before_any_step_is_completed_by_the_binary() {
 
 #[test]
 fn objects_added_mid_rotation_are_wrapped_under_the_new_version() {
-    let (dirs, mut vault) = temp_vault();
+    let (dirs, vault) = temp_vault();
     let mut contents = populate(&vault, 5);
     {
         let mut rotation = vault.begin_rotation().unwrap();

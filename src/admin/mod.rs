@@ -21,7 +21,7 @@ use crate::pki::{San, to_pem};
 use crate::secret::{Passphrase, SecretString};
 
 /// Version of the request/response encoding; a mismatch is refused with a clear error.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// What the executing side needs from its configuration.
 #[derive(Clone, Debug)]
@@ -115,6 +115,33 @@ pub enum Request {
     },
     /// `erp stats`.
     ErpStats,
+    /// `backup --out FILE`: written by the executing side (an absolute path).
+    Backup {
+        /// Destination.
+        out: std::path::PathBuf,
+        /// Replace an existing file.
+        force: bool,
+    },
+    /// `verify [--deep]`.
+    Verify {
+        /// Decrypt every chunk and check content hashes.
+        deep: bool,
+    },
+    /// `key rotate`.
+    KeyRotate,
+    /// `key status`.
+    KeyStatus,
+    /// `key passphrase`.
+    KeyPassphrase {
+        /// The new passphrase.
+        new: SecretString,
+        /// New argon2id cost, or `None` to keep the key file's.
+        kdf: Option<KdfParams>,
+    },
+    /// `audit verify`.
+    AuditVerify,
+    /// `audit export`: one page.
+    AuditExport(crate::app::audit::AuditFilter),
     /// `erp purge`.
     ErpPurge {
         /// The collection (configured or not: leftovers of a removed one can be purged).
@@ -231,6 +258,18 @@ pub enum Response {
     Enrolment(EnrolmentOut),
     /// `erp stats`: per collection.
     ErpStats(Vec<ErpCollectionRow>),
+    /// A backup was written.
+    Backup(BackupOut),
+    /// `verify`.
+    Verify(crate::app::verify::VerifyReport),
+    /// `key rotate`.
+    Rotated(RotatedOut),
+    /// `key status`.
+    KeyStatus(KeyStatusOut),
+    /// `audit verify`.
+    AuditCheck(crate::app::audit::AuditCheck),
+    /// `audit export`: entries, and where the next page starts (`None`: no more).
+    AuditPage(Vec<crate::app::audit::AuditRecord>, Option<u64>),
     /// The server certificate after a renewal or key rotation.
     ServerCert {
         /// Names.
@@ -242,6 +281,69 @@ pub enum Response {
         /// After a renewal that finished an interrupted rotation: the pins current and next.
         finished_rotation: Option<[String; 2]>,
     },
+}
+
+/// A backup as written.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupOut {
+    /// The file.
+    pub path: String,
+    /// The summary line.
+    pub summary: String,
+}
+
+/// A rotation's outcome.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RotatedOut {
+    /// The current version.
+    pub current: u32,
+    /// It resumed an interrupted rotation.
+    pub resumed: bool,
+    /// Keys rewrapped.
+    pub rewrapped: u64,
+    /// Versions retired (only with the server stopped).
+    pub retired: Vec<u32>,
+    /// It ran in the server: older versions stay until a rotation with the server stopped.
+    pub online: bool,
+    /// Objects that could not be rewrapped.
+    pub damaged: Vec<String>,
+}
+
+/// `key status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyStatusOut {
+    /// The key file.
+    pub key_file: String,
+    /// The status.
+    pub status: KeyStatusView,
+}
+
+/// [`crate::app::keys::KeyStatus`] for the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KeyStatusView {
+    /// Current version.
+    pub current: u32,
+    /// Versions held, with objects each.
+    pub versions: Vec<(u32, u64)>,
+    /// Versions referenced but missing.
+    pub missing: Vec<(u32, u64)>,
+    /// Records that no longer decode.
+    pub undecodable: u64,
+    /// A rotation is unfinished.
+    pub rotation_unfinished: bool,
+    /// argon2id memory, KiB.
+    pub m_cost_kib: u32,
+    /// argon2id iterations.
+    pub t_cost: u32,
+    /// argon2id lanes.
+    pub p_cost: u32,
+}
+
+/// What travels back over the socket: progress while a long command runs, then the answer.
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Progress(u64, u64),
+    Done(Result<Response, String>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -331,8 +433,63 @@ fn issued_out(vault: &Vault, settings: &Settings, issued: crate::app::pki::Issue
     })
 }
 
-/// Runs `request` against `vault`.
-pub fn execute(vault: &Vault, settings: &Settings, request: Request) -> anyhow::Result<Response> {
+/// What an admin request is called in the audit log, and what it acts on.
+fn audit_label(request: &Request) -> (&'static str, Option<String>) {
+    match request {
+        Request::UserAdd { name, .. } => ("user add", Some(name.clone())),
+        Request::UserList => ("user list", None),
+        Request::UserDisable { name } => ("user disable", Some(name.clone())),
+        Request::UserTotp { name, disable } => (
+            if *disable { "user totp --disable" } else { "user totp" },
+            Some(name.clone()),
+        ),
+        Request::UserUnlock { name } => ("user unlock", Some(name.clone())),
+        Request::DeviceIssue { user, .. } => ("device issue", Some(user.clone())),
+        Request::DeviceList => ("device list", None),
+        Request::DeviceRevoke { id } => ("device revoke", Some(id.clone())),
+        Request::DeviceEnroll { user, .. } => ("device enroll", Some(user.clone())),
+        Request::DeviceRenew { id, .. } => ("device renew", Some(id.clone())),
+        Request::CertRenewServer { .. } => ("cert renew-server", None),
+        Request::CertRotateServerKey { .. } => ("cert rotate-server-key", None),
+        Request::ErpStats => ("erp stats", None),
+        Request::ErpPurge { collection, .. } => ("erp purge", Some(collection.clone())),
+        Request::Backup { out, .. } => ("backup", Some(out.display().to_string())),
+        Request::Verify { deep } => (if *deep { "verify --deep" } else { "verify" }, None),
+        Request::KeyRotate => ("key rotate", None),
+        Request::KeyStatus => ("key status", None),
+        Request::KeyPassphrase { .. } => ("key passphrase", None),
+        Request::AuditVerify => ("audit verify", None),
+        Request::AuditExport(_) => ("audit export", None),
+    }
+}
+
+/// Runs `request` against `vault` and records it in the audit log (`progress` hears
+/// from long commands: done, total).
+pub fn execute(
+    vault: &Vault,
+    settings: &Settings,
+    request: Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Response> {
+    let (action, target) = audit_label(&request);
+    // Paging through an export records one entry, for its first page.
+    let quiet = matches!(&request, Request::AuditExport(f) if f.from_seq > 0);
+    let result = run(vault, settings, request, progress);
+    if !quiet {
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
+        if let Err(e) = vault.audit_admin(action, target, outcome) {
+            eprintln!("warning: the audit log could not record `{action}`: {e}");
+        }
+    }
+    result
+}
+
+fn run(
+    vault: &Vault,
+    settings: &Settings,
+    request: Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Response> {
     Ok(match request {
         Request::UserAdd { name, role, password } => {
             let hash = settings
@@ -475,12 +632,89 @@ pub fn execute(vault: &Vault, settings: &Settings, request: Request) -> anyhow::
                 ))
             }
         }
+        Request::Backup { out, force } => {
+            let summary = vault.backup(&out, force, progress)?;
+            Response::Backup(BackupOut {
+                path: out.display().to_string(),
+                summary: summary.describe(),
+            })
+        }
+        Request::Verify { deep } => Response::Verify(vault.verify(deep, progress)?),
+        Request::KeyRotate => {
+            let r = vault.rotate_online(|n| progress(n, 0))?;
+            Response::Rotated(RotatedOut {
+                current: r.current,
+                resumed: r.resumed,
+                rewrapped: r.rewrapped,
+                retired: r.retired,
+                online: true,
+                damaged: r.damaged,
+            })
+        }
+        Request::KeyStatus => Response::KeyStatus(key_status_out(vault)?),
+        Request::KeyPassphrase { new, kdf } => {
+            if let Some(p) = kdf {
+                p.validate()?;
+            }
+            vault.change_passphrase(&Passphrase::new(new.expose().to_owned()), kdf)?;
+            Response::Done(format!(
+                "passphrase changed; {} re-sealed",
+                vault.paths().key_file().display()
+            ))
+        }
+        Request::AuditVerify => Response::AuditCheck(vault.audit_verify(&mut |n| progress(n, 0))?),
+        Request::AuditExport(filter) => {
+            // Pages stay well inside one admin frame.
+            let mut records = Vec::new();
+            let mut bytes = 0usize;
+            let page = crate::app::audit::AuditFilter {
+                limit: if filter.limit == 0 {
+                    2000
+                } else {
+                    filter.limit.min(2000)
+                },
+                ..filter
+            };
+            let next = vault.audit_export(&page, &mut |r| {
+                bytes += 256
+                    + r.action.len()
+                    + r.target.as_ref().map_or(0, String::len)
+                    + r.detail.as_ref().map_or(0, String::len);
+                records.push(r);
+            })?;
+            let more = records.len() >= page.limit;
+            let _ = bytes;
+            Response::AuditPage(records, more.then_some(next))
+        }
+    })
+}
+
+/// `key status` as sent over the socket.
+pub fn key_status_out(vault: &Vault) -> anyhow::Result<KeyStatusOut> {
+    let s = vault.key_status()?;
+    Ok(KeyStatusOut {
+        key_file: vault.paths().key_file().display().to_string(),
+        status: KeyStatusView {
+            current: s.current,
+            versions: s.versions.into_iter().collect(),
+            missing: s.missing.into_iter().collect(),
+            undecodable: s.undecodable,
+            rotation_unfinished: s.rotation_unfinished,
+            m_cost_kib: s.kdf.m_cost_kib,
+            t_cost: s.kdf.t_cost,
+            p_cost: s.kdf.p_cost,
+        },
     })
 }
 
 /// Sends `request` to the server running on `data_dir`, if one is; `Ok(None)` when none
-/// is (the caller then opens the database and uses [`execute`]).
-pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Response>> {
+/// is (the caller then opens the database and uses [`execute`]). `progress` hears from
+/// long commands as they run.
+pub fn call(
+    data_dir: &Path,
+    request: &Request,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Option<Response>> {
     let Some(mut conn) = socket::connect(data_dir)? else {
         return Ok(None);
     };
@@ -488,28 +722,56 @@ pub fn call(data_dir: &Path, request: &Request) -> anyhow::Result<Option<Respons
         protocol: PROTOCOL,
         body: request,
     })?);
-    let answer = zeroize::Zeroizing::new(conn.call(&bytes)?);
-    let envelope: Envelope<Result<Response, String>> = serde_json::from_slice(&answer).map_err(|_| {
-        anyhow::anyhow!(
-            "the running server answered in a format this coffer does not read: run the same coffer version"
-        )
-    })?;
-    if envelope.protocol != PROTOCOL {
-        anyhow::bail!(
-            "the running server speaks admin protocol {}, this coffer {PROTOCOL}: run the same coffer version",
-            envelope.protocol
-        );
+    let mut answer = zeroize::Zeroizing::new(conn.call(&bytes)?);
+    loop {
+        let envelope: Envelope<Reply> = serde_json::from_slice(&answer).map_err(|_| {
+            anyhow::anyhow!(
+                "the running server answered in a format this coffer does not read: run the same coffer version"
+            )
+        })?;
+        if envelope.protocol != PROTOCOL {
+            anyhow::bail!(
+                "the running server speaks admin protocol {}, this coffer {PROTOCOL}: run the same coffer version",
+                envelope.protocol
+            );
+        }
+        match envelope.body {
+            Reply::Progress(done, total) => progress(done, total),
+            Reply::Done(body) => return body.map(Some).map_err(|m| anyhow::anyhow!(m)),
+        }
+        answer = zeroize::Zeroizing::new(conn.next_frame()?);
     }
-    envelope.body.map(Some).map_err(|m| anyhow::anyhow!(m))
 }
 
-/// The server side of [`call`]: decodes a request frame, executes it, encodes the answer
-/// (an error becomes its message). `after` runs after a request succeeded (the server
-/// reloads its certificate after a server-certificate change).
-pub fn serve_frame(vault: &Vault, settings: &Settings, frame: Vec<u8>, after: &dyn Fn(&Response)) -> Vec<u8> {
+/// The server side of [`call`]: decodes a request frame, executes it (sending progress
+/// frames through `send` while it runs), encodes the answer (an error becomes its
+/// message). `after` runs after a request succeeded (the server reloads its certificate
+/// after a server-certificate change).
+pub fn serve_frame(
+    vault: &Vault,
+    settings: &Settings,
+    frame: Vec<u8>,
+    send: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    after: &dyn Fn(&Response),
+) -> Vec<u8> {
     let frame = zeroize::Zeroizing::new(frame);
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: u64, total: u64| {
+        // A few updates a second are plenty for a progress bar.
+        if last.elapsed() >= std::time::Duration::from_millis(200) {
+            last = std::time::Instant::now();
+            if let Ok(bytes) = serde_json::to_vec(&Envelope {
+                protocol: PROTOCOL,
+                body: Reply::Progress(done, total),
+            }) {
+                let _ = send(&bytes);
+            }
+        }
+    };
     let result = match serde_json::from_slice::<Envelope<Request>>(&frame) {
-        Ok(e) if e.protocol == PROTOCOL => execute(vault, settings, e.body).map_err(|e| format!("{e:#}")),
+        Ok(e) if e.protocol == PROTOCOL => {
+            execute(vault, settings, e.body, &mut progress).map_err(|e| format!("{e:#}"))
+        }
         Ok(e) => Err(format!(
             "this server speaks admin protocol {PROTOCOL}, the command {}: run the same coffer version",
             e.protocol
@@ -521,7 +783,7 @@ pub fn serve_frame(vault: &Vault, settings: &Settings, frame: Vec<u8>, after: &d
     }
     serde_json::to_vec(&Envelope {
         protocol: PROTOCOL,
-        body: result,
+        body: Reply::Done(result),
     })
     .unwrap_or_default()
 }

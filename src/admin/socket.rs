@@ -168,7 +168,7 @@ impl AdminListener {
     /// connection carries requests answered in order until the client closes it.
     pub fn serve<H>(self, handler: H) -> Result<AdminServer, SocketError>
     where
-        H: FnMut(Vec<u8>) -> Vec<u8> + Send + 'static,
+        H: FnMut(Vec<u8>, &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Vec<u8> + Send + 'static,
     {
         let AdminListener { listener, file } = self;
         let stop = Arc::new(AtomicBool::new(false));
@@ -260,6 +260,15 @@ impl AdminConnection {
             _ => SocketError::Transfer(self.path.clone(), e),
         };
         write_frame(&mut self.stream, request).map_err(transfer)?;
+        self.next_frame()
+    }
+
+    /// Reads the next frame the server sends (after a progress frame, another one follows).
+    pub fn next_frame(&mut self) -> Result<Vec<u8>, SocketError> {
+        let transfer = |e: io::Error| match e.kind() {
+            ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => SocketError::Closed(self.path.clone()),
+            _ => SocketError::Transfer(self.path.clone(), e),
+        };
         let mut header = [0u8; 4];
         self.stream.read_exact(&mut header).map_err(transfer)?;
         let len = u32::from_be_bytes(header) as usize;
@@ -352,7 +361,11 @@ fn write_frame(stream: &mut UnixStream, payload: &[u8]) -> io::Result<()> {
     stream.write_all(payload)
 }
 
-fn accept_loop<H: FnMut(Vec<u8>) -> Vec<u8>>(listener: &UnixListener, stop: &AtomicBool, mut handler: H) {
+fn accept_loop<H: FnMut(Vec<u8>, &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Vec<u8>>(
+    listener: &UnixListener,
+    stop: &AtomicBool,
+    mut handler: H,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -376,7 +389,7 @@ fn accept_loop<H: FnMut(Vec<u8>) -> Vec<u8>>(listener: &UnixListener, stop: &Ato
 fn serve_connection(
     mut stream: UnixStream,
     stop: &AtomicBool,
-    handler: &mut impl FnMut(Vec<u8>) -> Vec<u8>,
+    handler: &mut impl FnMut(Vec<u8>, &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Vec<u8>,
 ) -> io::Result<()> {
     let peer = peer_uid(&stream)?;
     if peer != euid() {
@@ -391,7 +404,7 @@ fn serve_connection(
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     while let Some(request) = read_request(&mut stream, stop)? {
-        let mut response = handler(request);
+        let mut response = handler(request, &mut |interim| write_frame(&mut stream, interim));
         let sent = write_frame(&mut stream, &response);
         response.zeroize();
         sent?;
@@ -462,7 +475,7 @@ mod tests {
     }
 
     fn echo_server(dir: &Path) -> AdminServer {
-        bind(dir).unwrap().serve(|request| request).unwrap()
+        bind(dir).unwrap().serve(|request, _| request).unwrap()
     }
 
     fn call(dir: &Path, request: &[u8]) -> Vec<u8> {

@@ -129,18 +129,23 @@ impl Vault {
     /// The index entries of (collection, key) under every master key version held, the
     /// current one first.
     fn erp_indexes(&self, collection: &str, key: &str) -> Vec<[u8; 32]> {
+        let keys = self.keys();
         let value = index_value(collection, key);
-        let (current, master) = self.keyring.current();
+        let (current, master) = keys.current();
         let mut out = vec![index_hash(master, INDEX_ERP_KEY, &value)];
-        for v in self.keyring.versions().filter(|v| *v != current) {
-            if let Some(m) = self.keyring.version(v) {
+        for v in keys.versions().filter(|v| *v != current) {
+            if let Some(m) = keys.version(v) {
                 out.push(index_hash(m, INDEX_ERP_KEY, &value));
             }
         }
         out
     }
 
-    fn open_erp(&self, id: u128, r: &StoredErpRecord) -> Result<(String, Vec<u8>, [u8; ETAG_LEN]), VaultError> {
+    pub(crate) fn open_erp(
+        &self,
+        id: u128,
+        r: &StoredErpRecord,
+    ) -> Result<(String, Vec<u8>, [u8; ETAG_LEN]), VaultError> {
         let ErpBodyFormat::V1 { key, value, etag } = self.open_body::<ErpBodyFormat>(
             Purpose::ErpRecord,
             id,
@@ -200,8 +205,9 @@ impl Vault {
         now: Timestamp,
         previous: Option<&ErpRecord>,
     ) -> Result<(u128, StoredErpRecord, [u8; ETAG_LEN]), VaultError> {
+        let keys = self.keys();
         let id = u128::from_be_bytes(crate::crypto::random_bytes()?);
-        let master = self.keyring.current().1;
+        let master = keys.current().1;
         let tag = match previous {
             Some(p) if p.value == new.value => p.etag,
             _ => etag(master, collection, &new.key, &new.value),
@@ -386,16 +392,14 @@ impl Vault {
         r: StoredErpRecord,
         target: u32,
     ) -> Result<Rewrapped<StoredErpRecord>, VaultError> {
+        let keys = self.keys();
         let (key, _, _) = self.open_erp(id, &r)?;
         let wrapped_dek = self.rewrap_key(Purpose::ErpRecord, id, r.key_version, &r.wrapped_dek, target)?;
-        let new_master = self
-            .keyring
-            .version(target)
-            .ok_or_else(|| VaultError::MissingKeyVersion {
-                what: Purpose::ErpRecord.noun(),
-                id: format!("{id:032x}"),
-                version: target,
-            })?;
+        let new_master = keys.version(target).ok_or_else(|| VaultError::MissingKeyVersion {
+            what: Purpose::ErpRecord.noun(),
+            id: format!("{id:032x}"),
+            version: target,
+        })?;
         let new_index = index_hash(new_master, INDEX_ERP_KEY, &index_value(&r.collection, &key));
         let reindex = crate::store::Reindex {
             old: r.index,

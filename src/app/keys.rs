@@ -57,7 +57,8 @@ const FAMILIES: [Family; 5] = [
 /// A rotation under way. Each [`step`](Self::step) commits durably, so stopping between
 /// (or during) steps is safe: running `coffer key rotate` again resumes it.
 pub struct Rotation<'v> {
-    vault: &'v mut Vault,
+    vault: &'v Vault,
+    _kek: std::sync::MutexGuard<'v, Kek>,
     target: u32,
     resumed: bool,
     family: usize,
@@ -88,8 +89,9 @@ fn tolerate_damage<R>(
 impl Vault {
     /// Master key versions, their use and the KDF parameters.
     pub fn key_status(&self) -> Result<KeyStatus, VaultError> {
+        let keys = self.keys();
         let usage = self.store.key_usage()?;
-        let mut versions: BTreeMap<u32, u64> = self.keyring.versions().map(|v| (v, 0)).collect();
+        let mut versions: BTreeMap<u32, u64> = keys.versions().map(|v| (v, 0)).collect();
         let mut missing = BTreeMap::new();
         for (v, n) in usage.versions {
             match versions.get_mut(&v) {
@@ -100,24 +102,26 @@ impl Vault {
             }
         }
         Ok(KeyStatus {
-            current: self.keyring.current().0,
+            current: keys.current().0,
             versions,
             missing,
             undecodable: usage.undecodable,
-            rotation_unfinished: self.store.rotation_target()? == Some(self.keyring.current().0)
-                && self.keyring.versions().count() > 1,
-            kdf: self.kek.params(),
+            rotation_unfinished: self.store.rotation_target()? == Some(keys.current().0) && keys.versions().count() > 1,
+            kdf: self.kek().params(),
         })
     }
 
     /// Starts a rotation, or resumes one that was interrupted (the key file still holds an
     /// older version besides the current one). A new version is written to the key file
     /// before anything is wrapped under it.
-    pub fn begin_rotation(&mut self) -> Result<Rotation<'_>, VaultError> {
+    pub fn begin_rotation(&self) -> Result<Rotation<'_>, VaultError> {
+        // One rotation (or passphrase change) at a time: the key file lock is held until
+        // the rotation ends.
+        let kek = self.kek();
         // A rotation is unfinished when the database records one towards the key file's
         // current version (set before the key file changes, cleared when it completes).
-        let resumed =
-            self.store.rotation_target()? == Some(self.keyring.current().0) && self.keyring.versions().count() > 1;
+        let keys = self.keys();
+        let resumed = self.store.rotation_target()? == Some(keys.current().0) && keys.versions().count() > 1;
         if !resumed {
             let used = self
                 .store
@@ -128,7 +132,7 @@ impl Vault {
                 .copied()
                 .unwrap_or(0);
             let floor = used.max(self.store.highest_key_check()?);
-            let mut next = self.keyring.clone();
+            let mut next = (*keys).clone();
             let v = next.add_version(floor)?;
             let check = next.version(v).map(|m| m.check_value()).ok_or(VaultError::Invalid(
                 "the new master key version is missing from the keyring".into(),
@@ -138,12 +142,13 @@ impl Vault {
             // under it. A crash in between leaves at most an unused check value.
             self.store.set_key_check(v, check)?;
             self.store.set_rotation_target(Some(v))?;
-            write_key_file(&self.paths, &next, &self.kek)?;
-            self.keyring = next;
+            write_key_file(&self.paths, &next, &kek)?;
+            self.set_keys(next);
         }
-        let target = self.keyring.current().0;
+        let target = self.keys().current().0;
         Ok(Rotation {
             vault: self,
+            _kek: kek,
             target,
             resumed,
             family: 0,
@@ -153,21 +158,66 @@ impl Vault {
         })
     }
 
-    /// Rotates the master key in one go (see [`Rotation`]).
-    pub fn rotate(&mut self, mut progress: impl FnMut(u64)) -> Result<RotateReport, VaultError> {
+    /// Rotates the master key in one go (see [`Rotation`]), then retires the versions no
+    /// object uses any more. Needs the only handle on the database (server stopped).
+    pub fn rotate(&mut self, progress: impl FnMut(u64)) -> Result<RotateReport, VaultError> {
+        let mut report = self.rotate_online(progress)?;
+        report.retired = self.retire_unused()?;
+        Ok(report)
+    }
+
+    /// Rotates while the database stays in use: a new current version, and every data key
+    /// rewrapped under it. Older versions stay in the key file (so uploads that began
+    /// before the rotation still publish) and the rotation stays marked unfinished; the
+    /// next `coffer key rotate` with the server stopped retires them.
+    pub fn rotate_online(&self, mut progress: impl FnMut(u64)) -> Result<RotateReport, VaultError> {
         let mut rotation = self.begin_rotation()?;
         while rotation.step(REWRAP_BATCH)? {
             progress(rotation.rewrapped);
         }
-        rotation.finish()
+        Ok(RotateReport {
+            current: rotation.target,
+            resumed: rotation.resumed,
+            rewrapped: rotation.rewrapped,
+            retired: Vec::new(),
+            damaged: rotation.damaged,
+        })
+    }
+
+    /// Drops from the key file every version no object uses any more, after rewriting the
+    /// database without the superseded records that still hold keys wrapped under them.
+    /// Ends the rotation.
+    fn retire_unused(&mut self) -> Result<Vec<u32>, VaultError> {
+        let usage = self.store.key_usage()?;
+        let keys = self.keys();
+        let mut next = (*keys).clone();
+        // A record that no longer decodes has an unknown version: it might need any of
+        // them once restored, so nothing is retired while one exists.
+        if usage.undecodable == 0 {
+            next.retain(|v| usage.versions.get(&v).is_some_and(|n| *n > 0));
+        }
+        let retired: Vec<u32> = keys.versions().filter(|v| next.version(*v).is_none()).collect();
+        if !retired.is_empty() {
+            // Superseded records (with data keys wrapped under the versions about to be
+            // retired) linger in the file's free pages: rewrite the file without them
+            // before the key file forgets those versions.
+            self.vacuum()?;
+            write_key_file(&self.paths, &next, &self.kek())?;
+            self.set_keys(next);
+            // Only now: an old copy of the key file holding these versions is refused.
+            self.store.mark_retired(&retired)?;
+        }
+        self.store.set_rotation_target(None)?;
+        Ok(retired)
     }
 
     /// Re-seals the master keys under a new passphrase (new salt; `params` or the current
     /// ones). Data keys and content are untouched.
-    pub fn change_passphrase(&mut self, new: &Passphrase, params: Option<KdfParams>) -> Result<(), VaultError> {
-        let kek = Kek::derive(new, params.unwrap_or(self.kek.params()))?;
-        write_key_file(&self.paths, &self.keyring, &kek)?;
-        self.kek = kek;
+    pub fn change_passphrase(&self, new: &Passphrase, params: Option<KdfParams>) -> Result<(), VaultError> {
+        let mut current = self.kek();
+        let kek = Kek::derive(new, params.unwrap_or(current.params()))?;
+        write_key_file(&self.paths, &self.keys(), &kek)?;
+        *current = kek;
         Ok(())
     }
 }
@@ -252,42 +302,5 @@ impl Rotation<'_> {
             }
         }
         Ok(self.family < FAMILIES.len())
-    }
-
-    /// Completes the remaining steps, then drops from the key file every version no
-    /// object uses any more.
-    pub fn finish(mut self) -> Result<RotateReport, VaultError> {
-        while self.step(REWRAP_BATCH)? {}
-        let usage = self.vault.store.key_usage()?;
-        let mut next = self.vault.keyring.clone();
-        // A record that no longer decodes has an unknown version: it might need any of
-        // them once restored, so nothing is retired while one exists.
-        if usage.undecodable == 0 {
-            next.retain(|v| usage.versions.get(&v).is_some_and(|n| *n > 0));
-        }
-        let retired: Vec<u32> = self
-            .vault
-            .keyring
-            .versions()
-            .filter(|v| next.version(*v).is_none())
-            .collect();
-        if !retired.is_empty() {
-            // Superseded records (with data keys wrapped under the versions about to be
-            // retired) linger in the file's free pages: rewrite the file without them
-            // before the key file forgets those versions.
-            self.vault.vacuum()?;
-            write_key_file(&self.vault.paths, &next, &self.vault.kek)?;
-            self.vault.keyring = next;
-            // Only now: an old copy of the key file holding these versions is refused.
-            self.vault.store.mark_retired(&retired)?;
-        }
-        self.vault.store.set_rotation_target(None)?;
-        Ok(RotateReport {
-            current: self.target,
-            resumed: self.resumed,
-            rewrapped: self.rewrapped,
-            retired,
-            damaged: self.damaged,
-        })
     }
 }

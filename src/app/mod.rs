@@ -1,6 +1,8 @@
 //! Use cases shared by the command line, the HTTP API and the admin socket. A [`Vault`] is
 //! an unlocked coffer: the keyring and the open store.
 
+pub mod audit;
+pub mod backup;
 pub mod dev;
 pub mod documents;
 pub mod durable;
@@ -13,6 +15,7 @@ pub mod principals;
 mod sealing;
 pub mod sessions;
 pub mod unlock;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -235,14 +238,18 @@ pub enum VaultError {
 /// An unlocked coffer.
 pub struct Vault {
     paths: Paths,
-    keyring: Keyring,
-    kek: Kek,
+    /// Swapped whole by a rotation (online too); readers take the current one.
+    keyring: std::sync::RwLock<std::sync::Arc<Keyring>>,
+    /// Guards the key file: rotations and passphrase changes run one at a time.
+    kek: std::sync::Mutex<Kek>,
     store: Store,
     options: StoreOptions,
     _lock: std::fs::File,
     /// Serialises CRL writes and remembers the last CRL number, so a CRL built from an
     /// older snapshot never replaces a newer one and numbers only grow.
     crl: std::sync::Mutex<u64>,
+    /// The audit log's keys, once loaded (or made).
+    audit: std::sync::OnceLock<audit::AuditKeys>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -300,12 +307,13 @@ impl Vault {
         Ok((
             Self {
                 paths: paths.clone(),
-                keyring,
-                kek,
+                keyring: std::sync::RwLock::new(std::sync::Arc::new(keyring)),
+                kek: std::sync::Mutex::new(kek),
                 store,
                 options,
                 _lock: lock,
                 crl: std::sync::Mutex::new(0),
+                audit: std::sync::OnceLock::new(),
             },
             report,
         ))
@@ -322,9 +330,24 @@ impl Vault {
         Ok(self.store.vacuum(&self.paths.database(), self.options)?)
     }
 
-    /// The unlocked keyring.
-    pub fn keyring(&self) -> &Keyring {
-        &self.keyring
+    /// The unlocked keyring as it is now (a rotation replaces it whole).
+    pub fn keyring(&self) -> std::sync::Arc<Keyring> {
+        self.keys()
+    }
+
+    pub(crate) fn keys(&self) -> std::sync::Arc<Keyring> {
+        self.keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_keys(&self, keyring: Keyring) {
+        *self.keyring.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(keyring);
+    }
+
+    fn kek(&self) -> std::sync::MutexGuard<'_, Kek> {
+        self.kek.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where the files are.

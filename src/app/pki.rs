@@ -26,6 +26,8 @@ const SLOT_CA_KEY: u128 = 1;
 const SLOT_SERVER_KEY: u128 = 2;
 /// Slot of the next server key (its pin ships in apps before it is used).
 const SLOT_SERVER_NEXT_KEY: u128 = 3;
+/// Slot of the audit log's key (see `app::audit`).
+pub(crate) const SLOT_AUDIT_KEY: u128 = 4;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 enum SecretBody {
@@ -164,7 +166,7 @@ pub struct IssuedDevice {
 }
 
 impl Vault {
-    fn put_keys(&self, keys: &[(u128, &KeyDer)], replace: bool) -> Result<(), VaultError> {
+    pub(crate) fn put_keys(&self, keys: &[(u128, &KeyDer)], replace: bool) -> Result<(), VaultError> {
         let mut records = Vec::with_capacity(keys.len());
         for (slot, key) in keys {
             let (dek, key_version, wrapped_dek) = self.new_dek(Purpose::Secret, *slot)?;
@@ -183,7 +185,7 @@ impl Vault {
         Ok(self.store.put_secrets(&records, replace)?)
     }
 
-    fn key(&self, slot: u128, what: &'static str) -> Result<KeyDer, PkiFileError> {
+    pub(crate) fn key(&self, slot: u128, what: &'static str) -> Result<KeyDer, PkiFileError> {
         let stored = self
             .store
             .snapshot()

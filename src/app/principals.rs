@@ -252,7 +252,7 @@ impl Vault {
         open_record(&dek, &body_aad(purpose, id, bound), sealed, purpose, id)
     }
 
-    fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
+    pub(crate) fn user_info(&self, id: UserId, u: &StoredUser) -> Result<UserInfo, VaultError> {
         let body = self
             .open_body::<UserBodyRecord>(Purpose::User, id.0, &[], u.key_version, &u.wrapped_dek, &u.sealed)?
             .into_body();
@@ -263,7 +263,7 @@ impl Vault {
         })
     }
 
-    fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
+    pub(crate) fn device_info(&self, id: DeviceId, d: &StoredDevice) -> Result<DeviceInfo, VaultError> {
         let body = self
             .open_body::<DeviceBodyRecord>(
                 Purpose::Device,
@@ -304,7 +304,7 @@ impl Vault {
             wrapped_dek,
             sealed,
         };
-        let index = index_hash(self.keyring.current().1, INDEX_USER_NAME, body.name.as_bytes());
+        let index = index_hash(self.keys().current().1, INDEX_USER_NAME, body.name.as_bytes());
         self.store.insert_user(id, &stored, index)?;
         Ok(UserInfo { id, created: now, body })
     }
@@ -312,9 +312,10 @@ impl Vault {
     /// Finds a user by name (under any master key version the keyring holds, so lookups
     /// keep working while a rotation is under way).
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserInfo>, VaultError> {
+        let keys = self.keys();
         let snap = self.store.snapshot()?;
-        for v in self.keyring.versions() {
-            let Some(master) = self.keyring.version(v) else {
+        for v in keys.versions() {
+            let Some(master) = keys.version(v) else {
                 continue;
             };
             if let Some(id) = snap.user_id_by_name_index(index_hash(master, INDEX_USER_NAME, name.as_bytes()))? {
@@ -425,7 +426,7 @@ impl Vault {
             wrapped_dek,
             sealed,
         };
-        let index = index_hash(self.keyring.current().1, INDEX_DEVICE_CERT, &body.thumbprint);
+        let index = index_hash(self.keys().current().1, INDEX_DEVICE_CERT, &body.thumbprint);
         let info = DeviceInfo {
             id,
             owner,
@@ -446,6 +447,7 @@ impl Vault {
         body: &DeviceBody,
         expires: Timestamp,
     ) -> Result<(StoredDevice, Option<Reindex>), VaultError> {
+        let keys = self.keys();
         check_device_name(&body.name)?;
         let (key_version, wrapped_dek, sealed) = self.seal_body(
             Purpose::Device,
@@ -455,8 +457,8 @@ impl Vault {
         )?;
         // The old entry is under the old record's master key version; if that version is
         // no longer held, there is no entry to find, and removing its would-be key is a no-op.
-        let current_master = self.keyring.current().1;
-        let old_master = self.keyring.version(old.key_version).unwrap_or(current_master);
+        let current_master = keys.current().1;
+        let old_master = keys.version(old.key_version).unwrap_or(current_master);
         let reindex = Some(Reindex {
             old: index_hash(old_master, INDEX_DEVICE_CERT, old_thumbprint),
             new: index_hash(current_master, INDEX_DEVICE_CERT, &body.thumbprint),
@@ -479,9 +481,10 @@ impl Vault {
 
     /// Finds the device holding the certificate with this SHA-256 thumbprint.
     pub fn device_by_thumbprint(&self, thumbprint: &[u8; 32]) -> Result<Option<DeviceInfo>, VaultError> {
+        let keys = self.keys();
         let snap = self.store.snapshot()?;
-        for v in self.keyring.versions() {
-            let Some(master) = self.keyring.version(v) else {
+        for v in keys.versions() {
+            let Some(master) = keys.version(v) else {
                 continue;
             };
             if let Some(id) = snap.device_id_by_thumbprint_index(index_hash(master, INDEX_DEVICE_CERT, thumbprint))? {
@@ -549,11 +552,12 @@ impl Vault {
     /// The index move for a record re-sealed from version `from` to `to` (None if equal or
     /// if `from` is no longer held, in which case there is no old entry to find).
     fn reindex(&self, from: u32, to: u32, label: &[u8], value: &[u8]) -> Option<Reindex> {
+        let keys = self.keys();
         if from == to {
             return None;
         }
-        let old = self.keyring.version(from)?;
-        let new = self.keyring.version(to)?;
+        let old = keys.version(from)?;
+        let new = keys.version(to)?;
         Some(Reindex {
             old: index_hash(old, label, value),
             new: index_hash(new, label, value),

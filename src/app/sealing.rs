@@ -27,22 +27,21 @@ impl Vault {
         version: u32,
         wrapped_dek: &[u8],
     ) -> Result<SecretKey, VaultError> {
-        let master = self
-            .keyring
-            .version(version)
-            .ok_or_else(|| VaultError::MissingKeyVersion {
-                what: purpose.noun(),
-                id: format!("{id:032x}"),
-                version,
-            })?;
+        let keys = self.keys();
+        let master = keys.version(version).ok_or_else(|| VaultError::MissingKeyVersion {
+            what: purpose.noun(),
+            id: format!("{id:032x}"),
+            version,
+        })?;
         let wrapped = WrappedKey(wrapped_dek.try_into().map_err(|_| Self::damaged(purpose, id))?);
         envelope::unwrap(master.wrap_key(), version, purpose, id, &wrapped).map_err(|_| Self::damaged(purpose, id))
     }
 
     /// A fresh data key for a new object, and that key wrapped under the current version.
     pub(crate) fn new_dek(&self, purpose: Purpose, id: u128) -> Result<(SecretKey, u32, Vec<u8>), VaultError> {
+        let keys = self.keys();
         let dek = SecretKey::random().map_err(crate::crypto::SealError::from)?;
-        let (version, master) = self.keyring.current();
+        let (version, master) = keys.current();
         let wrapped = envelope::wrap(master.wrap_key(), version, purpose, id, &dek)?;
         Ok((dek, version, wrapped.0.to_vec()))
     }
@@ -56,15 +55,13 @@ impl Vault {
         wrapped_dek: &[u8],
         target: u32,
     ) -> Result<Vec<u8>, VaultError> {
+        let keys = self.keys();
         let dek = self.unwrap_dek(purpose, id, from, wrapped_dek)?;
-        let new = self
-            .keyring
-            .version(target)
-            .ok_or_else(|| VaultError::MissingKeyVersion {
-                what: purpose.noun(),
-                id: format!("{id:032x}"),
-                version: target,
-            })?;
+        let new = keys.version(target).ok_or_else(|| VaultError::MissingKeyVersion {
+            what: purpose.noun(),
+            id: format!("{id:032x}"),
+            version: target,
+        })?;
         Ok(envelope::wrap(new.wrap_key(), target, purpose, id, &dek)?.0.to_vec())
     }
 }

@@ -1,12 +1,13 @@
 //! `coffer key passphrase|rotate|status`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::progress::Bar;
 use super::{Context, KdfArgs};
-use crate::app::unlock;
+use crate::admin::{Request, Response, RotatedOut};
+use crate::app::{Vault, unlock};
 
 /// Master key management.
 #[derive(Debug, Subcommand)]
@@ -35,57 +36,63 @@ pub struct PassphraseCmd {
 
 impl KeyCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
-        let mut vault = ctx.open_vault()?;
         match self {
             Self::Passphrase(cmd) => {
-                let params = if cmd.change_kdf {
+                let kdf = if cmd.change_kdf {
                     Some(cmd.kdf.params(ctx)?)
                 } else {
                     None
                 };
                 let new = unlock::new(cmd.new_passphrase_file.as_deref(), false)?;
-                vault.change_passphrase(&new, params)?;
-                println!("passphrase changed; {} re-sealed", vault.paths().key_file().display());
+                let request = Request::KeyPassphrase {
+                    new: crate::secret::SecretString::new(String::from_utf8_lossy(new.expose()).into_owned()),
+                    kdf,
+                };
+                if let Response::Done(text) = ctx.admin(request)? {
+                    println!("{text}");
+                }
             }
             Self::Rotate => {
-                let interactive = std::io::stderr().is_terminal();
-                let report = vault.rotate(|n| {
-                    if interactive {
-                        eprint!("\rrewrapped {n} keys");
-                    }
-                })?;
-                if interactive {
-                    eprintln!();
-                }
-                if report.resumed {
+                let bar = Bar::new("rewrapping keys", false);
+                let Response::Rotated(r) = ctx.admin_with(Request::KeyRotate, &mut |n, _| bar.update(n, 0))? else {
+                    anyhow::bail!("unexpected answer to key rotate");
+                };
+                bar.finish();
+                if r.resumed {
                     println!("resumed an interrupted rotation");
                 }
                 println!(
                     "master key version {} is current; {} keys rewrapped",
-                    report.current, report.rewrapped
+                    r.current, r.rewrapped
                 );
-                for v in &report.retired {
+                for v in &r.retired {
                     println!("retired version {v} (no object uses it)");
                 }
-                if !report.damaged.is_empty() {
-                    for what in &report.damaged {
+                if r.online {
+                    println!(
+                        "the server keeps the older versions for uploads that began before the rotation; \
+                         run `coffer key rotate` again with the server stopped to retire them"
+                    );
+                }
+                if !r.damaged.is_empty() {
+                    for what in &r.damaged {
                         eprintln!("damaged: {what} could not be rewrapped");
                     }
                     anyhow::bail!(
                         "{} object(s) could not be rewrapped, so the versions they use stay in the key file; \
                          restore them from a backup (or delete them), then run `coffer key rotate` again",
-                        report.damaged.len()
+                        r.damaged.len()
                     );
                 }
             }
             Self::Status => {
-                let s = vault.key_status()?;
+                let Response::KeyStatus(out) = ctx.admin(Request::KeyStatus)? else {
+                    anyhow::bail!("unexpected answer to key status");
+                };
+                let s = out.status;
                 println!(
                     "key file {} (argon2id: {} KiB, {} iterations, {} lanes)",
-                    vault.paths().key_file().display(),
-                    s.kdf.m_cost_kib,
-                    s.kdf.t_cost,
-                    s.kdf.p_cost
+                    out.key_file, s.m_cost_kib, s.t_cost, s.p_cost
                 );
                 println!("version  objects");
                 for (v, n) in &s.versions {
@@ -102,7 +109,10 @@ impl KeyCmd {
                     );
                 }
                 if s.rotation_unfinished {
-                    println!("a rotation is unfinished: run `coffer key rotate` to complete it");
+                    println!(
+                        "a rotation is unfinished: run `coffer key rotate` (with the server stopped, to retire the \
+                         older versions)"
+                    );
                 } else if s.versions.len() > 1 {
                     println!("older versions are kept for damaged objects until those are restored or deleted");
                 }
@@ -110,4 +120,22 @@ impl KeyCmd {
         }
         Ok(())
     }
+}
+
+/// `key rotate` with the database opened here: rotate, then retire unused versions.
+pub(super) fn rotate_offline(vault: &mut Vault, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Response> {
+    let result = vault.rotate(|n| progress(n, 0));
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    if let Err(e) = vault.audit_admin("key rotate", None, outcome) {
+        eprintln!("warning: the audit log could not record `key rotate`: {e}");
+    }
+    let r = result?;
+    Ok(Response::Rotated(RotatedOut {
+        current: r.current,
+        resumed: r.resumed,
+        rewrapped: r.rewrapped,
+        retired: r.retired,
+        online: false,
+        damaged: r.damaged,
+    }))
 }

@@ -1,5 +1,7 @@
 //! The command line. One file per subcommand; each talks to [`crate::app`].
 
+mod audit;
+mod backup;
 mod client;
 mod compact;
 mod config;
@@ -8,8 +10,10 @@ mod erp;
 mod init;
 mod key;
 mod pki;
+mod progress;
 mod serve;
 mod user;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -136,14 +140,27 @@ impl Context {
     /// Runs an admin command through the running server's admin socket or, when no server
     /// runs on this data directory, on the database opened here.
     pub(crate) fn admin(&self, request: crate::admin::Request) -> anyhow::Result<crate::admin::Response> {
-        if let Some(answer) = crate::admin::call(&self.config.data_dir, &request)? {
+        self.admin_with(request, &mut |_, _| {})
+    }
+
+    /// [`admin`](Self::admin) for long commands: `progress` hears (done, total) as they run.
+    pub(crate) fn admin_with(
+        &self,
+        request: crate::admin::Request,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<crate::admin::Response> {
+        if let Some(answer) = crate::admin::call(&self.config.data_dir, &request, progress)? {
             return Ok(answer);
         }
         if matches!(request, crate::admin::Request::UserAdd { .. }) {
             warn_if_weak(self.config.argon2.params());
         }
-        let vault = self.open_vault()?;
-        crate::admin::execute(&vault, &self.admin_settings()?, request)
+        let mut vault = self.open_vault()?;
+        if matches!(request, crate::admin::Request::KeyRotate) {
+            // With the database to itself, a rotation also retires the old versions.
+            return key::rotate_offline(&mut vault, progress);
+        }
+        crate::admin::execute(&vault, &self.admin_settings()?, request, progress)
     }
 
     /// Unlocks the key file and opens the database.
@@ -243,6 +260,17 @@ pub enum Command {
     /// The ERP record cache: statistics, purge.
     #[command(subcommand)]
     Erp(erp::ErpCmd),
+    /// Write a consistent, encrypted backup of the whole database (online: the server
+    /// keeps serving).
+    Backup(backup::BackupCmd),
+    /// Replace the database with a backup, after verifying all of it (server stopped).
+    Restore(backup::RestoreCmd),
+    /// Check the database: structure and every data key (`--deep`: every chunk and
+    /// content hash).
+    Verify(verify::VerifyCmd),
+    /// The tamper-evident audit log: verify the chain, export entries.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// The reference client: sign requests with a device profile, log in, upload and
     /// download documents.
     Client(client::ClientCmd),
@@ -262,6 +290,10 @@ impl Command {
             Self::Cert(_) => "coffer cert",
             Self::Config(_) => "coffer config",
             Self::Erp(_) => "coffer erp",
+            Self::Backup(_) => "coffer backup",
+            Self::Restore(_) => "coffer restore",
+            Self::Verify(_) => "coffer verify",
+            Self::Audit(_) => "coffer audit",
             Self::Client(_) => "coffer client",
         }
     }
@@ -286,6 +318,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Pins(cmd) => cmd.run(&ctx),
             Command::Cert(cmd) => cmd.run(&ctx),
             Command::Erp(cmd) => cmd.run(&ctx),
+            Command::Backup(cmd) => cmd.run(&ctx),
+            Command::Restore(cmd) => cmd.run(&ctx),
+            Command::Verify(cmd) => cmd.run(&ctx),
+            Command::Audit(cmd) => cmd.run(&ctx),
             Command::Config(_) | Command::Client(_) => Ok(()),
         }),
     };

@@ -336,6 +336,7 @@ impl ServeCmd {
             device_days: ctx.config.pki.device_days,
             allow,
             erp: erp.clone(),
+            audit_retention_days: ctx.config.audit.retention_days,
         };
         for name in erp.names() {
             if let Some(c) = erp.collection(name) {
@@ -375,8 +376,8 @@ impl ServeCmd {
         };
         let reloader = server.reloader();
         let admin_reloader = reloader.clone();
-        let _admin = admin_listener.serve(move |frame| {
-            crate::admin::serve_frame(&admin_vault, &settings, frame, &|answer| {
+        let _admin = admin_listener.serve(move |frame, send| {
+            crate::admin::serve_frame(&admin_vault, &settings, frame, send, &|answer| {
                 if matches!(answer, crate::admin::Response::ServerCert { .. }) {
                     reload("admin command", &admin_reloader);
                 }

@@ -6,7 +6,7 @@ use crate::secret::{Passphrase, SecretKey};
 
 /// Cost parameters of argon2id. Production defaults are [`KdfParams::DEFAULT`]; tests use
 /// [`KdfParams::for_tests`] through explicit configuration, never by changing the default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KdfParams {
     /// Memory in KiB.
     pub m_cost_kib: u32,

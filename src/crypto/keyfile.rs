@@ -95,6 +95,14 @@ impl MasterKey {
         out
     }
 
+    /// A key for one purpose (`info`) and one use (`salt`, random per use), e.g. a
+    /// backup's keys: HKDF-SHA256 over this version's key.
+    pub fn derive_salted(&self, salt: &[u8], info: &[u8]) -> SecretKey {
+        let hk = Hkdf::<Sha256>::new(Some(salt), self.key.expose());
+        // HKDF-SHA256 expand to 32 bytes cannot fail (limit is 255 × 32 bytes).
+        SecretKey::from_fn(|out| hk.expand(info, out)).unwrap_or_else(|_| unreachable!("32-byte HKDF output"))
+    }
+
     /// The subkey of keyed hashes over lookup names.
     pub fn index_key(&self) -> &SecretKey {
         &self.index

@@ -14,6 +14,17 @@ pub const HKDF_INDEX: &[u8] = b"coffer/v1/hkdf/index";
 /// HKDF info of a master key version's check value (stored in the database).
 pub const HKDF_KEY_CHECK: &[u8] = b"coffer/v1/hkdf/key-check";
 
+/// Magic at the start of a backup file.
+pub const BACKUP_MAGIC: [u8; 8] = *b"COFFERBK";
+/// Current backup format version.
+pub const BACKUP_VERSION: u16 = 1;
+/// HKDF info of a backup's frame encryption key (salted with the backup's random salt).
+pub const HKDF_BACKUP_ENC: &[u8] = b"coffer/v1/hkdf/backup-enc";
+/// HKDF info of a backup's header tag key (salted with the backup's random salt).
+pub const HKDF_BACKUP_TAG: &[u8] = b"coffer/v1/hkdf/backup-tag";
+/// AAD prefix of a backup frame.
+pub const AAD_BACKUP_FRAME: &[u8] = b"coffer/v1/backup-frame";
+
 /// AAD prefix of a wrapped data key.
 pub const AAD_WRAP: &[u8] = b"coffer/v1/wrap";
 /// AAD prefix of a content chunk.

@@ -1,6 +1,7 @@
 //! Cryptography: passphrase KDF, the sealed key file, envelope encryption of data keys,
 //! and the chunked content stream. Nothing here touches the database.
 
+pub mod backup;
 pub mod envelope;
 pub mod kdf;
 pub mod keyfile;

@@ -204,6 +204,13 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
             "unknown certificate",
         ));
     };
+    {
+        use actix_web::HttpMessage;
+        req.extensions_mut().insert(super::audit::AuditWho {
+            device: device.id,
+            user: device.owner,
+        });
+    }
     let inactive = if device.body.revoked {
         Some((Reason::DeviceRevoked, "revoked device"))
     } else if device.expires <= Timestamp::now() {

@@ -2,6 +2,7 @@
 //! handlers parse, authorise and map errors; the vault does the work.
 
 pub mod allowlist;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod limits;
@@ -41,6 +42,8 @@ pub struct ServerOptions {
     pub allow: allowlist::Allowlist,
     /// The ERP record cache (`[erp]` of the configuration, with its upstream agents).
     pub erp: crate::erp::Erp,
+    /// Audit entries older than this many days are pruned (`audit.retention_days`).
+    pub audit_retention_days: u32,
 }
 
 /// Shared by every handler.
@@ -67,6 +70,10 @@ pub struct State {
     pub password_checks: Arc<tokio::sync::Semaphore>,
     /// Login attempts per device: one at a time, and a budget per minute.
     pub logins: ratelimit::LoginGate,
+    /// The audit log's writer.
+    pub audit: crate::app::audit::AuditLog,
+    /// Throttle of audit entries for requests without an identified device.
+    pub anonymous_audit: audit::AnonymousGate,
     /// Derived SigV4 signing keys per device and day (AWS SDKs cache them the same way).
     signing_keys: std::sync::Mutex<SigningKeys>,
     /// When each session's last use was last sent to the database (ms), so that the
@@ -261,6 +268,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // from the handler before the watchdog cuts the connection.
     let watchdog = watchdog::Watchdog::start(std::time::Duration::from_secs(2 * u64::from(l.body_idle_timeout_secs)))?;
     let a = &options.auth;
+    let audit_log = crate::app::audit::AuditLog::start(vault.clone())?;
     let state = web::Data::new(State {
         vault,
         transfers,
@@ -285,6 +293,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         replay: replay::ReplayGuard::default(),
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
         logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
+        audit: audit_log,
+        anonymous_audit: audit::AnonymousGate::default(),
         signing_keys: std::sync::Mutex::new(SigningKeys::new()),
         session_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
         options: options.clone(),
@@ -292,6 +302,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let not_before = state.auth.not_before;
     let sweep_vault = state.vault.clone();
     let sweep_erp = options.erp.clone();
+    let audit_days = options.audit_retention_days;
     let allow = Arc::new(options.allow.clone());
     let refusals = Arc::new(allowlist::Refusals::default());
     let pipeline_refusals = refusals.clone();
@@ -325,6 +336,16 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                                 a.touch();
                             }
                             res
+                        }
+                    })
+                    // Outermost: every request gets an id and an audit entry, refusals too.
+                    .wrap_fn(|req, srv| {
+                        audit::begin(&req);
+                        let call = actix_web::dev::Service::call(srv, req);
+                        async move {
+                            let mut res = call.await?;
+                            audit::finish(&mut res);
+                            Ok(res)
                         }
                     })
                     .configure(configure);
@@ -393,6 +414,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             };
             let _ = tx.send(Some(server.handle()));
             // Ends with the server's runtime.
+            actix_web::rt::spawn(prune_audit(sweep_vault.clone(), audit_days));
             actix_web::rt::spawn(sweep(sweep_vault, sweep_erp));
             server.await
         })
@@ -425,6 +447,23 @@ async fn sweep(vault: Arc<Vault>, erp: crate::erp::Erp) {
             Ok(Ok(n)) => eprintln!("erp: purged {n} record(s) past their stale window"),
             Ok(Err(e)) => eprintln!("warning: erp: the sweep failed: {e}"),
             Err(_) => eprintln!("warning: erp: the sweep failed"),
+        }
+    }
+}
+
+/// Prunes audit entries past their retention at start and every hour.
+async fn prune_audit(vault: Arc<Vault>, days: u32) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let v = vault.clone();
+        let before = crate::model::Timestamp(crate::model::Timestamp::now().0 - i64::from(days) * 86_400_000);
+        match web::block(move || v.audit_prune(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => eprintln!("audit: pruned {n} entries older than {days} days (the chain stays verifiable)"),
+            Ok(Err(e)) => eprintln!("warning: audit: pruning failed: {e}"),
+            Err(_) => eprintln!("warning: audit: pruning failed"),
         }
     }
 }

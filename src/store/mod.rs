@@ -1,6 +1,8 @@
 //! The database: redb behind a typed layer. Only this module touches tables, and it never
 //! sees plaintext content or keys: records arrive sealed from `app`.
 
+mod audit;
+mod backup;
 mod codec;
 mod devices;
 mod documents;
@@ -19,6 +21,8 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
+pub use audit::{AuditAnchor, AuditHead, StoredAudit};
+pub use backup::{BackupTable, Builder, Dump};
 pub use devices::{DeviceRecord, StoredDevice, insert_device_in, update_device_in};
 pub use documents::{DocumentRecord, StoredDocument};
 pub use enrolments::StoredEnrolment;
@@ -30,7 +34,7 @@ pub use users::{StoredUser, UserRecord};
 pub use vacuum::VacuumReport;
 
 use tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SCHEMA_KEY,
+    AUDIT, CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SCHEMA_KEY,
     SECRETS, SESSIONS, STAGING, USER_NAMES, USERS,
 };
 
@@ -170,21 +174,9 @@ impl Store {
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(SCHEMA_KEY, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-            // Create every table so readers never meet a missing one.
-            txn.open_table(DOCUMENTS)?;
-            txn.open_table(CHUNKS)?;
-            txn.open_table(STAGING)?;
-            txn.open_table(USERS)?;
-            txn.open_table(USER_NAMES)?;
-            txn.open_table(DEVICES)?;
-            txn.open_table(DEVICE_THUMBPRINTS)?;
-            txn.open_table(SECRETS)?;
-            txn.open_table(SESSIONS)?;
-            txn.open_table(LOGINS)?;
-            txn.open_table(ENROLMENTS)?;
-            txn.open_table(ERP_RECORDS)?;
-            txn.open_table(ERP_KEYS)?;
         }
+        // Create every table so readers never meet a missing one.
+        open_every_table(&txn)?;
         txn.commit()?;
         Ok(Self { db: db.into() })
     }
@@ -247,18 +239,14 @@ impl Store {
             || missing(&read, LOGINS)?
             || missing(&read, ENROLMENTS)?
             || missing(&read, ERP_RECORDS)?
-            || missing(&read, ERP_KEYS)?;
+            || missing(&read, ERP_KEYS)?
+            || missing(&read, AUDIT)?;
         drop(read);
         if !todo {
             return Ok(());
         }
         let txn = self.write(Durability::Immediate)?;
-        txn.open_table(SECRETS)?;
-        txn.open_table(SESSIONS)?;
-        txn.open_table(LOGINS)?;
-        txn.open_table(ENROLMENTS)?;
-        txn.open_table(ERP_RECORDS)?;
-        txn.open_table(ERP_KEYS)?;
+        open_every_table(&txn)?;
         txn.commit()?;
         Ok(())
     }
@@ -432,6 +420,43 @@ pub struct Snapshot {
     _db: std::sync::Arc<Database>,
 }
 
+impl Snapshot {
+    /// Calls `f` with every record of `family` as stored (id, bytes), in id order.
+    pub fn visit_raw<E: From<StoreError>>(
+        &self,
+        family: Family,
+        mut f: impl FnMut(u128, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let t = self.txn.open_table(family.table()).map_err(StoreError::from)?;
+        for entry in t.iter().map_err(StoreError::from)? {
+            let (k, v) = entry.map_err(StoreError::from)?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
+    }
+
+    /// Index entries that name a record which does not exist: (index table, keyed hash
+    /// prefix in hex, record id).
+    pub fn dangling_index_entries(&self) -> Result<Vec<(&'static str, u128)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, index, records) in [
+            ("user_names", USER_NAMES, USERS),
+            ("device_thumbprints", DEVICE_THUMBPRINTS, DEVICES),
+            ("erp_keys", ERP_KEYS, ERP_RECORDS),
+        ] {
+            let idx = self.txn.open_table(index)?;
+            let recs = self.txn.open_table(records)?;
+            for entry in idx.iter()? {
+                let (_, id) = entry?;
+                if recs.get(id.value())?.is_none() {
+                    out.push((name, id.value()));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Creates a new redb file at `path`, owner-only from its first byte (no window in which
 /// another user could open it); fails if anything is already there.
 fn create_private_database(path: &Path, options: StoreOptions) -> Result<Database, StoreError> {
@@ -446,6 +471,26 @@ fn create_private_database(path: &Path, options: StoreOptions) -> Result<Databas
     Ok(Database::builder()
         .set_cache_size(options.cache_bytes)
         .create_with_backend(backend)?)
+}
+
+/// Creates every table that does not exist yet.
+fn open_every_table(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(META)?;
+    txn.open_table(DOCUMENTS)?;
+    txn.open_table(CHUNKS)?;
+    txn.open_table(STAGING)?;
+    txn.open_table(USERS)?;
+    txn.open_table(USER_NAMES)?;
+    txn.open_table(DEVICES)?;
+    txn.open_table(DEVICE_THUMBPRINTS)?;
+    txn.open_table(SECRETS)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(LOGINS)?;
+    txn.open_table(ENROLMENTS)?;
+    txn.open_table(ERP_RECORDS)?;
+    txn.open_table(ERP_KEYS)?;
+    txn.open_table(AUDIT)?;
+    Ok(())
 }
 
 /// Deletes every chunk of `id` from an open CHUNKS table; returns how many.
@@ -536,6 +581,18 @@ pub enum Family {
     Secrets,
     /// Cached ERP records.
     ErpRecords,
+}
+
+impl Family {
+    fn table(self) -> TableDefinition<'static, u128, &'static [u8]> {
+        match self {
+            Family::Documents => DOCUMENTS,
+            Family::Users => USERS,
+            Family::Devices => DEVICES,
+            Family::Secrets => SECRETS,
+            Family::ErpRecords => ERP_RECORDS,
+        }
+    }
 }
 
 impl Store {

@@ -37,3 +37,7 @@ pub const ENROLMENTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("e
 pub const ERP_RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("erp_records");
 /// Keyed hash of (collection, record key) → record id.
 pub const ERP_KEYS: TableDefinition<[u8; 32], u128> = TableDefinition::new("erp_keys");
+/// The audit log by sequence number: postcard `AuditFormat` (time, action, outcome in
+/// clear; who, from where and on what sealed; each entry chained to the one before by a
+/// keyed hash).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, Durability, Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
 
 use super::tables::{
-    CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SECRETS, SESSIONS,
-    STAGING, USER_NAMES, USERS,
+    AUDIT, CHUNKS, DEVICE_THUMBPRINTS, DEVICES, DOCUMENTS, ENROLMENTS, ERP_KEYS, ERP_RECORDS, LOGINS, META, SECRETS,
+    SESSIONS, STAGING, USER_NAMES, USERS,
 };
 use super::{Store, StoreError, StoreOptions, create_private_database};
 
@@ -97,6 +97,7 @@ impl Store {
             copy_table(&src, &dst, ENROLMENTS)?;
             copy_table(&src, &dst, ERP_RECORDS)?;
             copy_table(&src, &dst, ERP_KEYS)?;
+            copy_table(&src, &dst, AUDIT)?;
         }
         // One durable commit makes every batch before it durable.
         let mut txn = dst.begin_write()?;

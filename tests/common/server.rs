@@ -41,6 +41,7 @@ pub fn test_options() -> ServerOptions {
         device_days: 365,
         allow: coffer::http::allowlist::Allowlist::loopback(),
         erp: coffer::erp::Erp::default(),
+        audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
     }
 }
 

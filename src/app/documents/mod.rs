@@ -244,7 +244,7 @@ impl Vault {
         Ok((dek, meta))
     }
 
-    fn info(&self, id: DocumentId, doc: &StoredDocument) -> Result<(SecretKey, DocumentInfo), VaultError> {
+    pub(crate) fn info(&self, id: DocumentId, doc: &StoredDocument) -> Result<(SecretKey, DocumentInfo), VaultError> {
         let (dek, meta) = self.open_document(id, doc)?;
         let info = DocumentInfo {
             id,
