@@ -102,6 +102,60 @@ fn rotate_verify_and_backup_through_the_running_server_and_the_backup_restores()
     assert_eq!(res.status, 404, "{}", text(&res.body));
     let stdout = via_socket(&dirs, &["verify", "--deep"]);
     assert!(stdout.contains("no damage found"), "{stdout}");
+
+    // The audit log came back with the database: the uploads before the backup (not the
+    // one after it), the restore on record, the chain intact.
+    let stdout = via_socket(&dirs, &["audit", "verify"]);
+    assert!(stdout.contains("audit log intact"), "{stdout}");
+    let log: Vec<serde_json::Value> = via_socket(&dirs, &["audit", "export"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let uploaded: Vec<&str> = log
+        .iter()
+        .filter(|e| e["action"] == "POST /v1/documents" && e["outcome"] == "ok")
+        .filter_map(|e| e["target"].as_str())
+        .collect();
+    for (id, _) in &docs {
+        assert!(uploaded.contains(&id.as_str()), "no upload of {id} in the restored log");
+    }
+    assert!(
+        !uploaded.contains(&after.as_str()),
+        "the upload after the backup is in the restored log"
+    );
+    assert!(
+        log.iter()
+            .any(|e| e["action"].as_str().is_some_and(|a| a.starts_with("admin restore"))),
+        "the restore is not on record"
+    );
     drop(conn);
     stop(server);
+}
+
+#[test]
+fn restore_works_after_the_server_was_killed() {
+    let prepared = prepared_coffer(&["alice"]);
+    let (dirs, ca) = (prepared.dirs, prepared.ca_pem);
+    let alice = prepared.members.into_iter().next().unwrap();
+    let (server, addr) = serve(&dirs);
+    let mut conn = connect(addr, &ca, &alice.identity);
+    let data = pattern(77, 90_000);
+    let res = post(&mut conn, "kept.pdf", &[], &data);
+    assert_eq!(res.status, 201, "{}", text(&res.body));
+    let id = id_of(&res.json());
+    let file = dirs.root.path().join("before-crash.coffer-backup");
+    let file_arg = file.to_str().unwrap();
+    via_socket(&dirs, &["backup", "--out", file_arg]);
+    drop(conn);
+
+    // SIGKILL leaves the admin socket file behind, with nobody listening.
+    let mut server = server;
+    server.kill();
+    let stdout = CLI.ok(&dirs, &["restore", file_arg]);
+    assert!(stdout.starts_with("restored"), "{stdout}");
+    let vault = open_vault(&dirs.paths);
+    assert!(
+        read_all(&vault, id.parse().unwrap()).unwrap() == data,
+        "{id} differs after the restore"
+    );
 }

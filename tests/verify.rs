@@ -9,14 +9,15 @@ mod common;
 use coffer::crypto::stream::CHUNK_SIZE;
 use coffer::model::DocumentId;
 use common::binary::text;
-use common::served::run;
+use common::served::{init_dirs_with_pki, run};
 use common::*;
 
 const CS: usize = CHUNK_SIZE as usize;
 
 /// A closed coffer with three documents of four chunks each (the last one short).
 fn coffer_with_documents() -> (TestDirs, Vec<DocumentId>) {
-    let (dirs, vault) = temp_vault();
+    let dirs = init_dirs_with_pki();
+    let vault = open_vault(&dirs.paths);
     let ids = (0..3u64)
         .map(|i| store_document(&vault, &format!("doc{i}.pdf"), &pattern(700 + i, 3 * CS + 5000)).id)
         .collect();

@@ -698,6 +698,26 @@ pub mod served {
         Prepared { dirs, ca_pem, members }
     }
 
+    /// A closed coffer as `coffer init` makes it (key file with cheap argon2id, CA, server
+    /// certificate and next key): admin commands run on the database opened directly
+    /// read the server certificate too.
+    pub fn init_dirs_with_pki() -> TestDirs {
+        let dirs = empty_dirs();
+        coffer::app::init::init_with_pki(
+            &dirs.paths,
+            &super::passphrase(),
+            coffer::crypto::kdf::KdfParams::for_tests(),
+            coffer::store::StoreOptions::default(),
+            &coffer::app::init::PkiPlan {
+                sans: vec!["localhost".parse().expect("san")],
+                ca_days: 30,
+                server_days: 30,
+            },
+        )
+        .expect("init with PKI");
+        dirs
+    }
+
     /// `data/admin.sock`.
     pub fn socket_path(dirs: &TestDirs) -> PathBuf {
         dirs.paths.data_dir.join(coffer::admin::socket::SOCKET_FILE)
