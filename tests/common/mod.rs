@@ -631,3 +631,260 @@ pub fn isolate(cmd: &mut Command, cwd: &Path) {
     }
     cmd.current_dir(cwd).stdin(Stdio::null());
 }
+
+// ---- a coffer served by the real binary, for the operations tests ----
+
+/// A coffer served by the real `coffer serve` (with its admin socket), with members whose
+/// devices hold certificates from the coffer's own CA: what the backup, audit and
+/// admin-command tests drive.
+pub mod served {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::Output;
+    use std::time::{Duration, Instant};
+
+    use super::binary::{Cli, Running, expect_ok_with_stderr, text};
+    use super::client::{ClientSetup, Connection, Response};
+    use super::server::{Identity, sha256_hex, start_server};
+    use super::{PASSPHRASE, TestDirs, empty_dirs, files_under, write_file};
+
+    /// How the operations tests run the binary: loopback allowed, writes accepted from
+    /// the server's first second.
+    pub const CLI: Cli = Cli {
+        env: &[
+            ("COFFER_ALLOW_CIDRS", "127.0.0.0/8"),
+            ("COFFER_MAX_FUTURE_WRITE_SECS", "0"),
+        ],
+    };
+
+    /// How long a command or a stop may take on a loaded machine.
+    pub const WAIT: Duration = Duration::from_secs(120);
+
+    /// A member and the device it calls from.
+    pub struct Member {
+        /// The user name (its password is `password of NAME`).
+        pub name: String,
+        /// The device: certificate, key, signing secret, session token.
+        pub identity: Identity,
+    }
+
+    /// A closed coffer made by coffer's own init (with PKI) and its members.
+    pub struct Prepared {
+        /// The directories (server stopped).
+        pub dirs: TestDirs,
+        /// The CA certificate, PEM.
+        pub ca_pem: String,
+        /// One member per name given, each with one device.
+        pub members: Vec<Member>,
+    }
+
+    /// A coffer with one member (and device) per name, made through a short-lived
+    /// in-process server that is stopped again, so the binary can serve it.
+    pub fn prepared_coffer(names: &[&str]) -> Prepared {
+        let server = start_server();
+        let members = names
+            .iter()
+            .map(|name| {
+                let user = server.add_member(name);
+                Member {
+                    name: (*name).to_owned(),
+                    identity: server.issue_device(user.id),
+                }
+            })
+            .collect();
+        let ca_pem = server.ca_pem.clone();
+        let dirs = server.stop();
+        Prepared { dirs, ca_pem, members }
+    }
+
+    /// A closed coffer as `coffer init` makes it (key file with cheap argon2id, CA, server
+    /// certificate and next key): admin commands run on the database opened directly
+    /// read the server certificate too.
+    pub fn init_dirs_with_pki() -> TestDirs {
+        let dirs = empty_dirs();
+        coffer::app::init::init_with_pki(
+            &dirs.paths,
+            &super::passphrase(),
+            coffer::crypto::kdf::KdfParams::for_tests(),
+            coffer::store::StoreOptions::default(),
+            &coffer::app::init::PkiPlan {
+                sans: vec!["localhost".parse().expect("san")],
+                ca_days: 30,
+                server_days: 30,
+            },
+        )
+        .expect("init with PKI");
+        dirs
+    }
+
+    /// `data/admin.sock`.
+    pub fn socket_path(dirs: &TestDirs) -> PathBuf {
+        dirs.paths.data_dir.join(coffer::admin::socket::SOCKET_FILE)
+    }
+
+    /// Starts `coffer serve` with a passphrase file on 127.0.0.1:0; returns once it
+    /// accepts requests and its admin socket exists.
+    pub fn serve(dirs: &TestDirs) -> (Running, SocketAddr) {
+        let passphrase = write_file(dirs.root.path(), "passphrase", &format!("{PASSPHRASE}\n"));
+        let mut cmd = CLI.without_passphrase(dirs);
+        cmd.arg("--passphrase-file")
+            .arg(&passphrase)
+            .args(["serve", "--listen", "127.0.0.1:0"]);
+        let mut server = Running::spawn(cmd);
+        let addr = server.listening_on("coffer serve");
+        let deadline = Instant::now() + WAIT;
+        while std::fs::symlink_metadata(socket_path(dirs)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no admin socket; stderr: {}",
+                server.stderr_now()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (server, addr)
+    }
+
+    /// Stops the server as systemd would (SIGTERM) and waits for a clean exit.
+    pub fn stop(mut server: Running) {
+        server.signal(rustix::process::Signal::TERM);
+        let (status, stderr) = server.wait_exit(WAIT, "coffer serve after SIGTERM");
+        assert!(status.success(), "coffer serve exit {status:?}; stderr: {stderr}");
+    }
+
+    /// A signed connection as `identity` (with its session token) to the server at `addr`.
+    pub fn connect(addr: SocketAddr, ca_pem: &str, identity: &Identity) -> Connection {
+        let config = ClientSetup::new(ca_pem, Some((&identity.cert_pem, &identity.key_pem))).build();
+        let mut conn = Connection::open(config, addr, "localhost").expect("TLS connection");
+        conn.set_signer(identity.signer());
+        conn
+    }
+
+    /// Logs `member` in on `conn` over HTTP (`POST /v1/session`) and signs with the new
+    /// token from then on (sessions of a database replaced by a restore may be gone).
+    pub fn log_in(conn: &mut Connection, member: &Member) {
+        conn.signer_mut().expect("a signed connection").token = None;
+        let body = serde_json::json!({
+            "username": member.name,
+            "password": format!("password of {}", member.name),
+        })
+        .to_string();
+        let res = conn
+            .request(
+                "POST",
+                "/v1/session",
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            )
+            .expect("login request");
+        assert!(
+            res.status == 200 || res.status == 201,
+            "login of {}: {} {}",
+            member.name,
+            res.status,
+            text(&res.body)
+        );
+        let token = res.json()["token"].as_str().expect("token").to_owned();
+        conn.signer_mut().expect("a signed connection").token = Some(token);
+    }
+
+    /// `GET path`.
+    pub fn get(conn: &mut Connection, path: &str) -> Response {
+        conn.request("GET", path, &[], b"").expect("GET")
+    }
+
+    /// Runs `coffer ARGS` with the test passphrase (the database is opened here, or the
+    /// command goes through a running server's socket).
+    pub fn run(dirs: &TestDirs, args: &[&str]) -> Output {
+        CLI.coffer(dirs).args(args).output().expect("run coffer")
+    }
+
+    /// Runs `coffer ARGS` without any passphrase source next to a running server: it must
+    /// succeed, so it went through the admin socket. Returns stdout.
+    #[track_caller]
+    pub fn via_socket(dirs: &TestDirs, args: &[&str]) -> String {
+        expect_via_socket(
+            CLI.without_passphrase(dirs).args(args).output().expect("run coffer"),
+            args,
+        )
+    }
+
+    /// [`via_socket`]'s check on an output already collected.
+    #[track_caller]
+    pub fn expect_via_socket(out: Output, args: &[&str]) -> String {
+        let (stdout, stderr) = expect_ok_with_stderr(out, &format!("coffer {args:?} (no passphrase, server running)"));
+        assert!(
+            !stderr.to_lowercase().contains("passphrase"),
+            "coffer {args:?} spoke of a passphrase: {stderr}"
+        );
+        stdout
+    }
+
+    /// Panics unless `out` exited with 1 and `error: ...` on stderr; returns stdout and
+    /// stderr.
+    #[track_caller]
+    pub fn expect_failure(out: Output, what: &str) -> (String, String) {
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: expected exit 1\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(stderr.contains("error: "), "{what}: no `error: ` on stderr: {stderr}");
+        (stdout, stderr)
+    }
+
+    /// The `N` of the `backup written to FILE: ... N documents` line; checks the line.
+    #[track_caller]
+    pub fn backup_document_count(stdout: &str, file: &Path) -> u64 {
+        let prefix = format!("backup written to {}:", file.display());
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}: {stdout}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| w.trim_end_matches([',', '.', ';', ')']) == "documents")
+            .unwrap_or_else(|| panic!("no `N documents` in {line:?}"));
+        assert!(at > 0, "no count before `documents` in {line:?}");
+        words[at - 1]
+            .trim_start_matches('(')
+            .parse()
+            .unwrap_or_else(|e| panic!("document count in {line:?}: {e}"))
+    }
+
+    /// SHA-256 of every regular file under `dir`, by path.
+    pub fn hash_files(dir: &Path) -> BTreeMap<PathBuf, String> {
+        files_under(dir)
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                (p, sha256_hex(&bytes))
+            })
+            .collect()
+    }
+
+    /// Fresh directories in a new temp dir that hold only a copy of `from`'s key file
+    /// (the data directory does not exist): where a backup is restored on a new machine.
+    pub fn fresh_dirs_with_key_file(from: &TestDirs) -> TestDirs {
+        let dirs = empty_dirs();
+        std::fs::create_dir_all(&dirs.paths.keys_dir).expect("keys dir");
+        std::fs::copy(from.key_file(), dirs.key_file()).expect("copy the key file");
+        dirs
+    }
+
+    /// The numbers `entry N` names in `text`, in order.
+    pub fn entries_named(text: &str) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("entry ") {
+            rest = &rest[at + "entry ".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(n) = digits.parse() {
+                out.push(n);
+            }
+        }
+        out
+    }
+}
