@@ -75,7 +75,9 @@ fn assert_all_readable(vault: &Vault, contents: &Contents) {
 fn assert_only_version(vault: &Vault, contents: &Contents, version: u32) {
     let status = vault.key_status().unwrap();
     assert_eq!(status.current, version);
-    let objects = (contents.documents.len() + contents.users.len() + contents.devices.len()) as u64;
+    // Plus the audit log's key, once an admin command has been recorded.
+    let objects = (contents.documents.len() + contents.users.len() + contents.devices.len()) as u64
+        + u64::from(vault.has_audit_key().unwrap());
     assert_eq!(status.versions, BTreeMap::from([(version, objects)]));
     assert!(status.missing.is_empty());
     assert_eq!(vault.keyring().versions().collect::<Vec<_>>(), vec![version]);
@@ -130,7 +132,9 @@ fn binary_rotation_keeps_everything_readable_and_retires_the_old_version() {
     assert!(!stdout.contains("resumed"), "{stdout}");
 
     let status = run_coffer_ok(&dirs.paths, &["key", "status"]);
-    assert_eq!(status_versions(&status), vec![(2, 15, true)], "{status}");
+    // One more object than the test made: the audit log's key, made when the first admin
+    // command was recorded.
+    assert_eq!(status_versions(&status), vec![(2, 16, true)], "{status}");
     assert!(
         !status.contains("unfinished") && !status.contains("MISSING"),
         "{status}"
@@ -160,7 +164,9 @@ fn two_binary_rotations_leave_only_the_newest_version() {
     let stdout = run_coffer_ok(&dirs.paths, &["key", "rotate"]);
     assert!(stdout.contains("retired version 2"), "{stdout}");
     let status = run_coffer_ok(&dirs.paths, &["key", "status"]);
-    assert_eq!(status_versions(&status), vec![(3, 8, true)], "{status}");
+    // One more object than the test made: the audit log's key, made when the first admin
+    // command was recorded.
+    assert_eq!(status_versions(&status), vec![(3, 9, true)], "{status}");
     let vault = open_vault(&dirs.paths);
     assert_all_readable(&vault, &contents);
     assert_only_version(&vault, &contents, 3);
@@ -199,7 +205,9 @@ fn interrupted_rotation_is_completed_by_the_binary() {
     assert!(stdout.contains("retired version 1"), "{stdout}");
 
     let status = run_coffer_ok(&dirs.paths, &["key", "status"]);
-    assert_eq!(status_versions(&status), vec![(2, 15, true)], "{status}");
+    // One more object than the test made: the audit log's key, made when the first admin
+    // command was recorded.
+    assert_eq!(status_versions(&status), vec![(2, 16, true)], "{status}");
     assert_indexes_have_no_stale_entries(&dirs, &contents);
     assert_keys_dir_clean(&dirs);
     let vault = open_vault(&dirs.paths);
@@ -279,7 +287,9 @@ fn rotation_of_an_empty_coffer_retires_the_unused_version() {
         "{stdout}"
     );
     let status = run_coffer_ok(&dirs.paths, &["key", "status"]);
-    assert_eq!(status_versions(&status), vec![(2, 0, true)], "{status}");
+    // One more object than the test made: the audit log's key, made when the first admin
+    // command was recorded.
+    assert_eq!(status_versions(&status), vec![(2, 1, true)], "{status}");
 }
 
 #[test]
