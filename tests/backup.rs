@@ -399,8 +399,24 @@ fn backup_refuses_to_replace_a_file_without_force() {
         "the file was replaced"
     );
 
+    // --force replaces only an earlier backup, never another file.
+    let (_, stderr) = expect_failure(
+        run(&dirs, &["backup", "--out", file_arg, "--force"]),
+        "backup --force over a file that is not a backup",
+    );
+    assert!(stderr.contains("not a coffer backup"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"something else");
+
+    std::fs::remove_file(&file).unwrap();
+    CLI.ok(&dirs, &["backup", "--out", file_arg]);
+    let first = std::fs::read(&file).unwrap();
     let stdout = CLI.ok(&dirs, &["backup", "--out", file_arg, "--force"]);
     assert_eq!(backup_document_count(&stdout, &file), 3, "{stdout}");
+    assert_ne!(
+        std::fs::read(&file).unwrap(),
+        first,
+        "--force did not replace the earlier backup"
+    );
     CLI.ok(&dirs, &["restore", "--check", file_arg]);
 }
 

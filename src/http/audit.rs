@@ -44,6 +44,40 @@ pub struct AuditWho {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// What authentication learns about a request, shared with its [`Pending`] entry (which
+/// cannot hold the request itself: routing needs it unshared).
+#[derive(Clone, Debug, Default)]
+struct Learned {
+    who: Option<AuditWho>,
+    target: Option<String>,
+}
+
+/// The request's slot for [`Learned`], in its extensions.
+#[derive(Clone, Debug, Default)]
+struct Slot(std::rc::Rc<std::cell::RefCell<Learned>>);
+
+/// Authentication found the request's device: noted for its audit entry, with the
+/// object the route names.
+pub fn note_who(req: &HttpRequest, who: AuditWho) {
+    if let Some(slot) = req.extensions().get::<Slot>() {
+        let mut learned = slot.0.borrow_mut();
+        learned.who = Some(who);
+        learned.target = target_of(req, None);
+    }
+}
+
+/// The object a request acts on: the route's id, `collection/key` or collection, or the
+/// id in the `Location` of a created object.
+fn target_of(req: &HttpRequest, location: Option<&str>) -> Option<String> {
+    let info = req.match_info();
+    match (info.get("id"), info.get("collection"), info.get("key")) {
+        (Some(id), _, _) => Some(id.to_owned()),
+        (None, Some(c), Some(k)) => Some(format!("{c}/{k}")),
+        (None, Some(c), None) => Some(c.to_owned()),
+        _ => location.and_then(|l| l.rsplit('/').next()).map(str::to_owned),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
     Device(DeviceId),
@@ -94,28 +128,79 @@ pub fn request_id(req: &HttpRequest) -> String {
 /// An entry not yet recorded: if the request ends without an answer (the client went
 /// away, the future was dropped), it is recorded on drop as `499 client-closed`.
 pub struct Pending {
-    req: Option<HttpRequest>,
+    state: Option<web::Data<State>>,
+    method: String,
+    pattern: String,
+    ip: Option<IpAddr>,
+    request_id: String,
+    slot: Slot,
+    done: bool,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(req) = self.req.take() {
-            record(&req, 499, "client-closed".to_owned(), None);
+        if !self.done {
+            let learned = self.slot.0.borrow().clone();
+            self.record(499, "client-closed".to_owned(), learned.who, learned.target);
         }
     }
 }
 
-/// Before the handler: gives the request its id.
+impl Pending {
+    fn record(&self, status: u16, outcome: String, who: Option<AuditWho>, target: Option<String>) {
+        let Some(state) = &self.state else { return };
+        let mut detail = None;
+        if !(200..400).contains(&status) && status != 499 {
+            let source = match (who, self.ip) {
+                (Some(w), _) => Source::Device(w.device),
+                (None, Some(ip)) => Source::Address(ip),
+                (None, None) => Source::Unknown,
+            };
+            match state.refusals_audited.admit(source) {
+                None => return,
+                Some(0) => {}
+                Some(n) => {
+                    detail = Some(format!(
+                        "{n} more refusals from the same source since the last recorded one were not recorded one by one"
+                    ));
+                }
+            }
+        }
+        state.audit.record(AuditEvent {
+            time: Timestamp::now(),
+            action: format!("{} {}", self.method, self.pattern),
+            status,
+            outcome,
+            device: who.map(|w| w.device),
+            user: who.map(|w| w.user),
+            ip: self.ip,
+            target,
+            request_id: Some(self.request_id.clone()),
+            detail,
+        });
+    }
+}
+
+/// Before the handler: gives the request its id and its pending audit entry.
 pub fn begin(req: &ServiceRequest) -> Pending {
-    req.extensions_mut().insert(RequestId(new_request_id()));
+    let request_id = new_request_id();
+    let slot = Slot::default();
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(slot.clone());
     Pending {
-        req: Some(req.request().clone()),
+        state: req.app_data::<web::Data<State>>().cloned(),
+        method: req.method().to_string(),
+        pattern: req.match_pattern().unwrap_or_else(|| "(no route)".to_owned()),
+        ip: req.peer_addr().map(|a| a.ip()),
+        request_id,
+        slot,
+        done: false,
     }
 }
 
 /// After the handler: records the entry and returns the id in `X-Request-Id`.
 pub fn finish<B: MessageBody>(mut pending: Pending, res: &mut ServiceResponse<B>) {
-    pending.req = None;
+    pending.done = true;
     let status = res.status();
     let outcome = match res.response().error().and_then(|e| e.as_error::<Problem>()) {
         Some(p) => p.reason.slug().to_owned(),
@@ -127,55 +212,10 @@ pub fn finish<B: MessageBody>(mut pending: Pending, res: &mut ServiceResponse<B>
         .get(header::LOCATION)
         .and_then(|l| l.to_str().ok())
         .map(str::to_owned);
-    record(res.request(), status.as_u16(), outcome, location.as_deref());
-    let id = res.request().extensions().get::<RequestId>().map(|r| r.0.clone());
-    if let Some(id) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+    let who = pending.slot.0.borrow().who;
+    let target = target_of(res.request(), location.as_deref());
+    pending.record(status.as_u16(), outcome, who, target);
+    if let Ok(id) = HeaderValue::from_str(&pending.request_id) {
         res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
     }
-}
-
-fn record(req: &HttpRequest, status: u16, outcome: String, location: Option<&str>) {
-    let Some(state) = req.app_data::<web::Data<State>>() else {
-        return;
-    };
-    let who = req.extensions().get::<AuditWho>().copied();
-    let ip = req.peer_addr().map(|a| a.ip());
-    let mut detail = None;
-    if !(200..400).contains(&status) && status != 499 {
-        let source = match (who, ip) {
-            (Some(w), _) => Source::Device(w.device),
-            (None, Some(ip)) => Source::Address(ip),
-            (None, None) => Source::Unknown,
-        };
-        match state.refusals_audited.admit(source) {
-            None => return,
-            Some(0) => {}
-            Some(n) => {
-                detail = Some(format!(
-                    "{n} more refusals from the same source since the last recorded one were not recorded one by one"
-                ));
-            }
-        }
-    }
-    let pattern = req.match_pattern().unwrap_or_else(|| "(no route)".to_owned());
-    let info = req.match_info();
-    let target = match (info.get("id"), info.get("collection"), info.get("key")) {
-        (Some(id), _, _) => Some(id.to_owned()),
-        (None, Some(c), Some(k)) => Some(format!("{c}/{k}")),
-        (None, Some(c), None) => Some(c.to_owned()),
-        // A created object: its id is in `Location`.
-        _ => location.and_then(|l| l.rsplit('/').next()).map(str::to_owned),
-    };
-    state.audit.record(AuditEvent {
-        time: Timestamp::now(),
-        action: format!("{} {pattern}", req.method()),
-        status,
-        outcome,
-        device: who.map(|w| w.device),
-        user: who.map(|w| w.user),
-        ip,
-        target,
-        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
-        detail,
-    });
 }

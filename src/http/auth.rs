@@ -209,13 +209,13 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
             "unknown certificate",
         ));
     };
-    {
-        use actix_web::HttpMessage;
-        req.extensions_mut().insert(super::audit::AuditWho {
+    super::audit::note_who(
+        req,
+        super::audit::AuditWho {
             device: device.id,
             user: device.owner,
-        });
-    }
+        },
+    );
     let inactive = if device.body.revoked {
         Some((Reason::DeviceRevoked, "revoked device"))
     } else if device.expires <= Timestamp::now() {
