@@ -63,7 +63,9 @@ fn admin_frame(vault: &coffer::app::Vault, json: &str) -> Vec<u8> {
 #[test]
 fn prune_launders_a_tampered_prefix_and_audit_verify_passes() {
     let (dirs, vault) = temp_vault();
-    let events: Vec<AuditEvent> = (0..10).map(|i| event("DELETE /v1/documents/{id}", &format!("doc {i}"))).collect();
+    let events: Vec<AuditEvent> = (0..10)
+        .map(|i| event("DELETE /v1/documents/{id}", &format!("doc {i}")))
+        .collect();
     vault.audit_append(events, redb::Durability::Immediate).unwrap();
     let before = vault.audit_verify(&mut |_| {}).unwrap();
     assert!(before.broken.is_none());
@@ -83,7 +85,11 @@ fn prune_launders_a_tampered_prefix_and_audit_verify_passes() {
     });
     let vault = open_vault(&dirs.paths);
     let tampered = vault.audit_verify(&mut |_| {}).unwrap();
-    assert_eq!(tampered.broken.as_ref().map(|b| b.0), Some(1), "tampering is visible before the prune");
+    assert_eq!(
+        tampered.broken.as_ref().map(|b| b.0),
+        Some(1),
+        "tampering is visible before the prune"
+    );
 
     // What `serve` runs at start (retention 400 days).
     let cutoff = Timestamp(Timestamp::now().0 - 400 * 86_400_000);
@@ -159,7 +165,10 @@ fn restore_succeeds_although_the_key_file_lacks_versions_the_backup_needs() {
         "verify after the restore lists the objects wrapped under the retired version: {:?}",
         report.damaged
     );
-    eprintln!("restore reported success; verify then finds {} damaged objects", report.damaged.len());
+    eprintln!(
+        "restore reported success; verify then finds {} damaged objects",
+        report.damaged.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -188,7 +197,11 @@ fn a_revoked_device_floods_the_audit_log_and_breaks_export_through_the_socket() 
             Ok(res) => {
                 // 401 (revoked), then 429 once the failure budget is spent: refused
                 // either way, and recorded either way.
-                assert!(res.status == 401 || res.status == 429, "{}", String::from_utf8_lossy(&res.body));
+                assert!(
+                    res.status == 401 || res.status == 429,
+                    "{}",
+                    String::from_utf8_lossy(&res.body)
+                );
                 refused += 1;
             }
             Err(e) => panic!("request failed: {e}"),
@@ -209,7 +222,10 @@ fn a_revoked_device_floods_the_audit_log_and_breaks_export_through_the_socket() 
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(count, n, "every refused request of the revoked device was recorded (no throttle)");
+    assert_eq!(
+        count, n,
+        "every refused request of the revoked device was recorded (no throttle)"
+    );
     assert!(bytes >= n * 60_000, "targets are stored uncapped: {bytes} bytes");
     eprintln!("{count} audit entries, {bytes} bytes of targets from one revoked device");
 
@@ -218,7 +234,11 @@ fn a_revoked_device_floods_the_audit_log_and_breaks_export_through_the_socket() 
         server.vault(),
         r#"{"protocol":2,"body":{"AuditExport":{"since":null,"user":null,"from_seq":0,"limit":0}}}"#,
     );
-    eprintln!("audit export page frame: {} bytes (MAX_FRAME {})", answer.len(), coffer::admin::socket::MAX_FRAME);
+    eprintln!(
+        "audit export page frame: {} bytes (MAX_FRAME {})",
+        answer.len(),
+        coffer::admin::socket::MAX_FRAME
+    );
     assert!(
         answer.len() > coffer::admin::socket::MAX_FRAME,
         "FINDING: the page exceeds MAX_FRAME, so the socket drops the connection instead of answering"
@@ -242,7 +262,12 @@ fn a_delete_whose_connection_is_broken_mid_request_leaves_no_audit_entry() {
     let mut deleted = 0;
     let tries = 20;
     for i in 0..tries {
-        let doc = upload(&mut server.connect(&device), &format!("doc{i}.pdf"), &[], &common::pattern(i, 1000));
+        let doc = upload(
+            &mut server.connect(&device),
+            &format!("doc{i}.pdf"),
+            &[],
+            &common::pattern(i, 1000),
+        );
         let id = common::server::id_of(&doc);
         let target = format!("/v1/documents/{id}");
         let nonce = unique_nonce();
@@ -259,7 +284,13 @@ fn a_delete_whose_connection_is_broken_mid_request_leaves_no_audit_entry() {
         raw.flush().unwrap();
         // Let the handler start, then break the TLS stream with a bogus record.
         std::thread::sleep(Duration::from_micros(500 + 300 * i));
-        let _ = raw.sock.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20].iter().copied().chain([0u8; 32]).collect::<Vec<u8>>());
+        let _ = raw.sock.write_all(
+            &[0x17, 0x03, 0x03, 0x00, 0x20]
+                .iter()
+                .copied()
+                .chain([0u8; 32])
+                .collect::<Vec<u8>>(),
+        );
         drop(raw);
         // Did the delete happen?
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -326,7 +357,11 @@ fn an_export_starting_at_seq_one_is_not_audited() {
         &vault,
         r#"{"protocol":2,"body":{"AuditExport":{"since":null,"user":null,"from_seq":1,"limit":0}}}"#,
     );
-    assert_eq!(all_entries(&vault).len(), before, "no `admin audit export` entry was written");
+    assert_eq!(
+        all_entries(&vault).len(),
+        before,
+        "no `admin audit export` entry was written"
+    );
     let _ = admin_frame(
         &vault,
         r#"{"protocol":2,"body":{"AuditExport":{"since":null,"user":null,"from_seq":0,"limit":0}}}"#,
@@ -351,7 +386,10 @@ fn backup_with_force_replaces_the_key_file() {
         &coffer::secret::Passphrase::new(PASSPHRASE.to_owned()),
         StoreOptions::default(),
     );
-    assert!(opened.is_err(), "the coffer no longer opens: every object is lost without a key file copy");
+    assert!(
+        opened.is_err(),
+        "the coffer no longer opens: every object is lost without a key file copy"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -372,8 +410,15 @@ fn restore_narrows_an_existing_directory_given_as_data_dir() {
         data_dir: shared.clone(),
         keys_dir: dirs.paths.keys_dir.clone(),
     };
-    coffer::app::backup::restore(&paths, &passphrase(), &backup, true, StoreOptions::default(), &mut |_, _, _| {})
-        .unwrap();
+    coffer::app::backup::restore(
+        &paths,
+        &passphrase(),
+        &backup,
+        true,
+        StoreOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap();
     let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the existing directory was narrowed");
 }
@@ -434,7 +479,11 @@ fn restore_can_be_switched_to_another_backup_between_its_two_passes() {
 fn a_refused_erp_read_logs_the_record_key_in_clear_on_stderr() {
     use common::served::{connect, get, prepared_coffer, serve, stop};
     let prepared = prepared_coffer(&["alice"]);
-    let (dirs, ca, alice) = (prepared.dirs, prepared.ca_pem, prepared.members.into_iter().next().unwrap());
+    let (dirs, ca, alice) = (
+        prepared.dirs,
+        prepared.ca_pem,
+        prepared.members.into_iter().next().unwrap(),
+    );
     let (server, addr) = serve(&dirs);
     let mut conn = connect(addr, &ca, &alice.identity);
     // An expired or wrong session token, a clock-skewed phone, a bad signature: all go
@@ -454,4 +503,99 @@ fn a_refused_erp_read_logs_the_record_key_in_clear_on_stderr() {
     );
     let line = stderr.lines().find(|l| l.contains(secret_key)).unwrap();
     eprintln!("server log line: {line}");
+}
+
+/// Control for the prune finding (passes before and after the fix): authentic old entries
+/// are pruned, twice in a row (the second prune starts at the first anchor), and the log
+/// stays verifiable.
+#[test]
+fn pruning_authentic_old_entries_keeps_the_chain_verifiable() {
+    let (_dirs, vault) = temp_vault();
+    let old = Timestamp(Timestamp::now().0 - 500 * 86_400_000);
+    let older: Vec<AuditEvent> = (0..5)
+        .map(|i| AuditEvent {
+            time: Timestamp(old.0 + i),
+            ..event("GET /v1/documents", "x")
+        })
+        .collect();
+    vault.audit_append(older, redb::Durability::Immediate).unwrap();
+    let cutoff = Timestamp(old.0 + 3);
+    assert_eq!(vault.audit_prune(cutoff).unwrap(), 3);
+    vault
+        .audit_append(vec![event("GET /v1/documents", "y")], redb::Durability::Immediate)
+        .unwrap();
+    assert_eq!(
+        vault
+            .audit_prune(Timestamp(Timestamp::now().0 - 400 * 86_400_000))
+            .unwrap(),
+        2
+    );
+    let check = vault.audit_verify(&mut |_| {}).unwrap();
+    assert!(check.broken.is_none(), "{check:?}");
+    assert_eq!((check.entries, check.anchor.map(|a| a.0)), (1, Some(5)));
+}
+
+// ---------------------------------------------------------------------------------------
+// MEDIUM: enrolment (`POST /v1/enroll`, which creates a device) has no client certificate,
+// so its entry goes through the anonymous throttle (one entry per address per 10 s).
+// Any request without a certificate from the same address just before — the attacker's
+// own, or another phone behind the carrier's NAT — suppresses the enrolment's entry: a
+// device enrolled with a stolen code leaves no trace in the audit log.
+// ---------------------------------------------------------------------------------------
+#[test]
+fn an_enrolment_right_after_an_anonymous_request_is_not_audited() {
+    let server = start_server();
+    let anna = server.add_member("anna");
+    let code = server
+        .vault()
+        .create_enrolment(anna.id, None, 600)
+        .unwrap()
+        .code
+        .expose()
+        .to_owned();
+    let csr = {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "rogue phone");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+    let devices_before = server.vault().devices().unwrap().len();
+
+    // One harmless request without a certificate...
+    let junk = server
+        .connect_anonymous()
+        .request("GET", "/v1/documents", &[], b"")
+        .unwrap();
+    assert_eq!(junk.status, 401);
+    // ...then the enrolment, from the same address, within 10 s.
+    let body = serde_json::to_vec(&serde_json::json!({ "code": code, "csr": csr, "device_name": "rogue" })).unwrap();
+    let res = server
+        .connect_anonymous()
+        .request("POST", "/v1/enroll", &[("content-type", "application/json")], &body)
+        .unwrap();
+    assert!(
+        res.status == 200 || res.status == 201,
+        "{} {}",
+        res.status,
+        String::from_utf8_lossy(&res.body)
+    );
+    assert_eq!(
+        server.vault().devices().unwrap().len(),
+        devices_before + 1,
+        "a device was enrolled"
+    );
+
+    std::thread::sleep(Duration::from_millis(500));
+    let entries = all_entries(server.vault());
+    let enrolments = entries
+        .iter()
+        .filter(|e| e.action.starts_with("POST /v1/enroll"))
+        .count();
+    let anonymous = entries.iter().filter(|e| e.action == "GET /v1/documents").count();
+    eprintln!("audit: {anonymous} entry for the junk request, {enrolments} for the enrolment");
+    assert_eq!(anonymous, 1);
+    assert_eq!(
+        enrolments, 0,
+        "FINDING: the enrolment that created a device is not in the audit log"
+    );
 }
