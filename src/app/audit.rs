@@ -40,6 +40,25 @@ const CHAIN: &[u8] = b"coffer/v1/audit-chain";
 const ANCHOR: &[u8] = b"coffer/v1/audit-anchor";
 const AAD: &[u8] = b"coffer/v1/audit";
 
+/// Longest action, outcome and request id kept, bytes.
+const MAX_ACTION: usize = 96;
+/// Longest target kept, bytes (a path segment can be kilobytes long).
+const MAX_TARGET: usize = 256;
+/// Longest detail kept, bytes.
+const MAX_DETAIL: usize = 1024;
+
+/// Cuts `s` to at most `max` bytes at a character boundary, marking the cut.
+fn cap(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
 /// Default retention, days.
 pub const DEFAULT_RETENTION_DAYS: u32 = 400;
 
@@ -172,6 +191,9 @@ pub struct AuditFilter {
     pub from_seq: u64,
     /// At most this many entries (paging; 0: no limit).
     pub limit: usize,
+    /// A page after the first of one export (recorded once, with the first).
+    #[serde(default)]
+    pub continuation: bool,
 }
 
 /// The outcome of `audit verify`.
@@ -199,6 +221,14 @@ impl Vault {
         let root = match self.key(SLOT_AUDIT_KEY, "audit key") {
             Ok(root) => root,
             Err(PkiFileError::NoKey(_)) => {
+                // Made with the first entry: a log (or anchor) without its key means the
+                // key was removed, and a new one would quietly start a second chain.
+                if self.store.audit_anchor()?.is_some() || self.store.audit_has_entries()? {
+                    return Err(VaultError::Integrity {
+                        what: "audit log",
+                        id: "key".into(),
+                    });
+                }
                 let fresh = KeyDer::new(crate::crypto::random_bytes::<32>().map_err(VaultError::from)?.to_vec());
                 match self.put_keys(&[(SLOT_AUDIT_KEY, &fresh)], false) {
                     Ok(()) => fresh,
@@ -234,8 +264,19 @@ impl Vault {
             let mut prev = head.mac;
             let mut seq = head.seq;
             let mut out = Vec::with_capacity(events.len());
-            for e in events {
+            for mut e in events {
                 seq += 1;
+                cap(&mut e.action, MAX_ACTION);
+                cap(&mut e.outcome, MAX_ACTION);
+                if let Some(t) = &mut e.target {
+                    cap(t, MAX_TARGET);
+                }
+                if let Some(d) = &mut e.detail {
+                    cap(d, MAX_DETAIL);
+                }
+                if let Some(r) = &mut e.request_id {
+                    cap(r, MAX_ACTION);
+                }
                 let sealed = Sealed::V1 {
                     device: e.device.map(|d| d.0),
                     user: e.user.map(|u| u.0),
@@ -429,31 +470,73 @@ impl Vault {
     }
 
     /// Removes entries older than `before`, keeping the chain verifiable from an anchor.
-    /// Returns how many were removed.
-    pub fn audit_prune(&self, before: Timestamp) -> Result<u64, VaultError> {
+    /// Only entries whose chain hash verifies are pruned (their time is trusted only
+    /// then): the walk stops at the first entry to keep, or at damage, which it reports
+    /// so `audit verify` can still name it.
+    pub fn audit_prune(&self, before: Timestamp) -> Result<PruneReport, VaultError> {
         let keys = self.audit_keys()?;
-        let mut last: Option<(u64, [u8; 32])> = None;
-        self.store
-            .audit_scan(0, |seq, bytes| match StoredAudit::decode(bytes) {
-                Ok(e) if e.time < before.0 => {
-                    last = Some((seq, e.mac));
-                    true
+        let anchor = self.store.audit_anchor()?;
+        let mut report = PruneReport::default();
+        let (mut expect, mut prev) = match &anchor {
+            Some(a) => {
+                if keys
+                    .anchor_tag(a.seq, &a.mac, a.pruned_before)
+                    .verify_slice(&a.tag)
+                    .is_err()
+                {
+                    report.damage = Some((a.seq + 1, "the pruning anchor was altered".into()));
+                    return Ok(report);
                 }
-                // Stop at the first entry to keep (or at damage, which `audit verify` must
-                // still be able to name).
-                _ => false,
-            })?;
+                (a.seq + 1, a.mac)
+            }
+            None => (1, [0u8; 32]),
+        };
+        let mut last: Option<(u64, [u8; 32])> = None;
+        self.store.audit_scan(expect, |seq, bytes| {
+            let entry = match StoredAudit::decode(bytes) {
+                Ok(e) if seq == expect => e,
+                Ok(_) => {
+                    report.damage = Some((expect, "it is missing".into()));
+                    return false;
+                }
+                Err(_) => {
+                    report.damage = Some((seq, "it no longer decodes".into()));
+                    return false;
+                }
+            };
+            if keys.chain(seq, &prev, &entry).verify_slice(&entry.mac).is_err() {
+                report.damage = Some((seq, "its hash does not match its content".into()));
+                return false;
+            }
+            if entry.time >= before.0 {
+                return false;
+            }
+            last = Some((seq, entry.mac));
+            prev = entry.mac;
+            expect = seq + 1;
+            true
+        })?;
         let Some((seq, mac)) = last else {
-            return Ok(0);
+            return Ok(report);
         };
         let tag = keys.anchor_tag(seq, &mac, before.0).finalize().into_bytes().into();
-        Ok(self.store.audit_prune(&AuditAnchor {
+        report.removed = self.store.audit_prune(&AuditAnchor {
             seq,
             mac,
             pruned_before: before.0,
             tag,
-        })?)
+        })?;
+        Ok(report)
     }
+}
+
+/// What a prune did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Entries removed.
+    pub removed: u64,
+    /// Damage that stopped it early: the entry and why (run `coffer audit verify`).
+    pub damage: Option<(u64, String)>,
 }
 
 fn pki(e: PkiFileError) -> VaultError {
@@ -555,13 +638,31 @@ fn write_loop(vault: &Vault, rx: &Receiver<AuditEvent>, dropped: &AtomicU64) {
                 ..AuditEvent::default()
             });
         }
-        let n = batch.len() as u64;
+        // If the commit fails, every entry of the batch is lost, and so is the count the
+        // marker entry carried.
+        let n = batch.len() as u64 - u64::from(lost > 0) + lost;
         if let Err(e) = vault.audit_append(batch, Durability::Immediate) {
             dropped.fetch_add(n, Ordering::Relaxed);
             if failures_logged.elapsed() > Duration::from_secs(10) {
                 failures_logged = Instant::now();
                 eprintln!("audit: cannot write entries ({e}); they are counted as dropped");
             }
+        }
+    }
+    // Stopping: what was lost is still recorded.
+    let lost = dropped.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let marker = AuditEvent {
+            time: Timestamp::now(),
+            action: "audit dropped".into(),
+            outcome: "error".into(),
+            detail: Some(format!(
+                "{lost} entries were dropped: the audit queue was full or the disk failed"
+            )),
+            ..AuditEvent::default()
+        };
+        if let Err(e) = vault.audit_append(vec![marker], Durability::Immediate) {
+            eprintln!("audit: {lost} entries were lost and could not be recorded ({e})");
         }
     }
 }

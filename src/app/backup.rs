@@ -89,6 +89,22 @@ pub enum BackupError {
     /// Bytes follow the last frame.
     #[error("the backup has unexpected bytes after its last frame at byte {0}; nothing was restored")]
     Trailing(u64),
+    /// The backup's objects are wrapped under a version the key file no longer holds.
+    #[error(
+        "this backup's objects need master key version {0}, which the key file does not hold (a rotation \
+         retired it since): restore with the key file that was current when the backup was made; nothing \
+         was restored"
+    )]
+    NeedsKeyVersion(u32),
+    /// The file changed between verification and rebuilding.
+    #[error(
+        "the backup file changed while it was being restored (another backup was put in its place); nothing was \
+         restored"
+    )]
+    Changed,
+    /// Refused destination.
+    #[error("{0}")]
+    Refused(String),
     /// The content authenticates but is not a coffer database this version can restore.
     #[error("the backup's content is inconsistent ({0}); nothing was restored")]
     Inconsistent(String),
@@ -144,6 +160,9 @@ enum Trailer {
 pub struct BackupSummary {
     /// The backup file.
     pub path: PathBuf,
+    /// The backup's id: the start of its header tag, unique per backup (log it with the
+    /// file name to tell backups apart).
+    pub id: String,
     /// When the backup's snapshot was taken.
     pub created: Timestamp,
     /// The master key version its keys derive from.
@@ -171,8 +190,9 @@ impl BackupSummary {
     pub fn describe(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(1e-3);
         format!(
-            "{} documents, {} ERP records, {} users, {} devices, {} audit entries; {} bytes of data, \
+            "backup {}: {} documents, {} ERP records, {} users, {} devices, {} audit entries; {} bytes of data, \
              {} byte file, {:.1} s ({:.0} MB/s)",
+            self.id,
             self.documents(),
             self.erp_records(),
             self.counts.of(BackupTable::Users),
@@ -194,9 +214,7 @@ impl Vault {
     /// the same directory renamed into place once complete and durable. Serving goes on.
     pub fn backup(&self, out: &Path, replace: bool, progress: Progress<'_>) -> Result<BackupSummary, BackupError> {
         let started = Instant::now();
-        if !replace && out.symlink_metadata().is_ok() {
-            return Err(BackupError::Exists(out.display().to_string()));
-        }
+        self.check_backup_destination(out, replace)?;
         let keyring = self.keys();
         let (key_version, master) = keyring.current();
         let header = Header {
@@ -224,7 +242,8 @@ impl Vault {
             written: 0,
         };
         w.out.write_all(&header.to_bytes()).map_err(io_at(out))?;
-        w.out.write_all(&keys.header_tag()).map_err(io_at(out))?;
+        let tag = keys.header_tag();
+        w.out.write_all(&tag).map_err(io_at(out))?;
         w.written = (HEADER_LEN + HEADER_TAG_LEN) as u64;
         let mut counts = Counts::default();
         let mut done = 0u64;
@@ -273,12 +292,54 @@ impl Vault {
         progress(done, done);
         Ok(BackupSummary {
             path: out.to_path_buf(),
+            id: crate::sigv4::hex(&tag[..8]),
             created: Timestamp(header.created_ms),
             key_version,
             counts,
             file_bytes,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+impl Vault {
+    /// A backup never lands in the data or keys directory, and `--force` replaces only
+    /// an earlier backup, never another file (a key file, the database).
+    fn check_backup_destination(&self, out: &Path, replace: bool) -> Result<(), BackupError> {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let real_dir = std::fs::canonicalize(dir).map_err(io_at(dir))?;
+        for (what, protected) in [("data", &self.paths.data_dir), ("keys", &self.paths.keys_dir)] {
+            if std::fs::canonicalize(protected).is_ok_and(|p| p == real_dir) {
+                return Err(BackupError::Refused(format!(
+                    "{} is in the {what} directory: write backups elsewhere (and copy them off the machine)",
+                    out.display()
+                )));
+            }
+        }
+        match std::fs::symlink_metadata(out) {
+            Err(_) => Ok(()),
+            Ok(_) if !replace => Err(BackupError::Exists(out.display().to_string())),
+            Ok(meta) => {
+                let mut magic = [0u8; 8];
+                let is_backup = meta.is_file()
+                    && std::fs::File::open(out)
+                        .and_then(|mut f| f.read_exact(&mut magic))
+                        .is_ok()
+                    && magic == crate::crypto::labels::BACKUP_MAGIC;
+                if is_backup {
+                    Ok(())
+                } else {
+                    Err(BackupError::Refused(format!(
+                        "{} exists and is not a coffer backup: --force replaces only an earlier backup; \
+                         choose another name",
+                        out.display()
+                    )))
+                }
+            }
+        }
     }
 }
 
@@ -316,10 +377,17 @@ struct FrameReader<'a, R: Read> {
     finished: bool,
 }
 
-impl<'a> FrameReader<'a, BufReader<std::fs::File>> {
-    /// Opens `path`, parses the header and checks its tag with the key file's version.
-    fn open(path: &'a Path, keyring: &Keyring) -> Result<(Self, Header), BackupError> {
-        let file = std::fs::File::open(path).map_err(io_at(path))?;
+impl<'a> FrameReader<'a, BufReader<&'a std::fs::File>> {
+    /// Reads `file` (opened from `path`) from its start: parses the header and checks its
+    /// tag with the key file's version. Returns the header and its tag.
+    fn open(
+        file: &'a std::fs::File,
+        path: &'a Path,
+        keyring: &Keyring,
+    ) -> Result<(Self, Header, [u8; HEADER_TAG_LEN]), BackupError> {
+        use std::io::Seek;
+        let mut f = file;
+        f.seek(std::io::SeekFrom::Start(0)).map_err(io_at(path))?;
         let size = file.metadata().map_err(io_at(path))?.len();
         let mut r = BufReader::with_capacity(4 * 1024 * 1024, file);
         let mut head = [0u8; HEADER_LEN + HEADER_TAG_LEN];
@@ -337,6 +405,8 @@ impl<'a> FrameReader<'a, BufReader<std::fs::File>> {
         let keys = BackupKeys::derive(master, &header);
         keys.check_header(&head[HEADER_LEN..])
             .map_err(|_| BackupError::ForeignKey(header.key_version))?;
+        let mut tag = [0u8; HEADER_TAG_LEN];
+        tag.copy_from_slice(&head[HEADER_LEN..]);
         Ok((
             Self {
                 r,
@@ -348,6 +418,7 @@ impl<'a> FrameReader<'a, BufReader<std::fs::File>> {
                 finished: false,
             },
             header,
+            tag,
         ))
     }
 }
@@ -440,13 +511,14 @@ fn take_len_prefixed(b: &[u8]) -> Option<(&[u8], &[u8])> {
 /// against its table and the counts against the trailer; with `sink`, each entry is also
 /// handed over (the restore's second pass). Returns the summary.
 fn read_backup(
+    file: &std::fs::File,
     path: &Path,
     keyring: &Keyring,
     progress: Progress<'_>,
     mut sink: Option<&mut Builder>,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
-    let (mut reader, header) = FrameReader::open(path, keyring)?;
+    let (mut reader, header, tag) = FrameReader::open(file, path, keyring)?;
     let size = reader.size;
     let mut buf = Vec::new();
     let mut counts = Counts::default();
@@ -468,6 +540,13 @@ fn read_backup(
         entries(&buf, |table, key, value| {
             table.check(key, value)?;
             counts.add(table, key, value);
+            // Every version the backup's objects are wrapped under must be in the key
+            // file, or the restored database could not open them.
+            if let Some(v) = wrapped_version(table, value)
+                && keyring.version(v).is_none()
+            {
+                return Err(BackupError::NeedsKeyVersion(v));
+            }
             if table == BackupTable::Meta {
                 meta.insert(key.to_vec(), value.to_vec());
             }
@@ -494,12 +573,28 @@ fn read_backup(
     }
     Ok(BackupSummary {
         path: path.to_path_buf(),
+        id: crate::sigv4::hex(&tag[..8]),
         created: Timestamp(header.created_ms),
         key_version: header.key_version,
         counts,
         file_bytes: size,
         elapsed: started.elapsed(),
     })
+}
+
+/// The master key version a wrapped record of `table` uses; `None` for other tables, and
+/// for a record that no longer decoded when the backup was taken (restored as it was;
+/// `coffer verify` names it).
+fn wrapped_version(table: BackupTable, value: &[u8]) -> Option<u32> {
+    use crate::store::{StoredDevice, StoredDocument, StoredErpRecord, StoredSecret, StoredUser, WrappedRecord};
+    match table {
+        BackupTable::Documents => StoredDocument::decode(value).ok().map(|r| r.key_version()),
+        BackupTable::Users => StoredUser::decode(value).ok().map(|r| r.key_version()),
+        BackupTable::Devices => StoredDevice::decode(value).ok().map(|r| r.key_version()),
+        BackupTable::Secrets => StoredSecret::decode(value).ok().map(|r| r.key_version()),
+        BackupTable::ErpRecords => StoredErpRecord::decode(value).ok().map(|r| r.key_version()),
+        _ => None,
+    }
 }
 
 /// The restored database must open with this key file. Every version the key file holds
@@ -538,7 +633,8 @@ pub fn verify_backup(
     progress: Progress<'_>,
 ) -> Result<BackupSummary, BackupError> {
     let (keyring, _) = unlock_keyring(paths, passphrase)?;
-    read_backup(file, &keyring, progress, None)
+    let f = std::fs::File::open(file).map_err(io_at(file))?;
+    read_backup(&f, file, &keyring, progress, None)
 }
 
 /// What a restore did.
@@ -585,9 +681,14 @@ pub fn restore(
     };
     let live_exists = live.symlink_metadata().is_ok();
     let kept = with_suffix(&live, PRE_RESTORE_SUFFIX);
-    let summary = read_backup(file, &keyring, &mut |done, total| progress(1, done, total), None)?;
+    // One descriptor for both passes: replacing the file by name in between changes
+    // nothing, and the header tag of pass 2 must be the one pass 1 verified.
+    let f = std::fs::File::open(file).map_err(io_at(file))?;
+    let verified = read_backup(&f, file, &keyring, &mut |done, total| progress(1, done, total), None)?;
     // Only now, with the whole backup verified, is anything created.
-    super::durable::create_private_dir(&paths.data_dir).map_err(io_at(&paths.data_dir))?;
+    if !paths.data_dir.exists() {
+        super::durable::create_private_dir(&paths.data_dir).map_err(io_at(&paths.data_dir))?;
+    }
     if keep && live_exists && kept.symlink_metadata().is_ok() {
         return Err(BackupError::PreRestoreExists(kept.display().to_string()));
     }
@@ -599,19 +700,26 @@ pub fn restore(
     }
     let built = (|| {
         let mut builder = Builder::create(&building, options)?;
-        read_backup(
+        let summary = read_backup(
+            &f,
             file,
             &keyring,
             &mut |done, total| progress(2, done, total),
             Some(&mut builder),
         )?;
+        if summary.id != verified.id || summary.counts != verified.counts {
+            return Err(BackupError::Changed);
+        }
         builder.finish()?;
-        Ok::<_, BackupError>(())
+        Ok::<_, BackupError>(summary)
     })();
-    if let Err(e) = built {
-        let _ = std::fs::remove_file(&building);
-        return Err(e);
-    }
+    let summary = match built {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&building);
+            return Err(e);
+        }
+    };
     let dir = live
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -619,7 +727,10 @@ pub fn restore(
     let kept = if keep && live_exists {
         // A second name for the live file first: the live name then moves to the new
         // database in one rename, so at every instant it names a complete database.
-        std::fs::hard_link(&live, &kept).map_err(io_at(&kept))?;
+        if let Err(e) = std::fs::hard_link(&live, &kept) {
+            let _ = std::fs::remove_file(&building);
+            return Err(io_at(&kept)(e));
+        }
         Some(kept)
     } else {
         None

@@ -34,12 +34,27 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Whether chunks and content hashes were checked.
     pub deep: bool,
-    /// Everything found damaged.
+    /// What was found damaged (the first [`MAX_LISTED`]).
     pub damaged: Vec<Damage>,
+    /// Damaged objects beyond those listed.
+    pub more_damaged: u64,
 }
 
+/// Damaged objects listed by id at most; more are counted (a report must fit one admin
+/// socket frame, and nobody reads a longer list).
+pub const MAX_LISTED: usize = 10_000;
+
 impl VerifyReport {
+    /// Damaged objects found, listed or not.
+    pub fn damaged_count(&self) -> u64 {
+        self.damaged.len() as u64 + self.more_damaged
+    }
+
     fn damage(&mut self, kind: &str, id: u128, reason: impl Into<String>) {
+        if self.damaged.len() >= MAX_LISTED {
+            self.more_damaged += 1;
+            return;
+        }
         self.damaged.push(Damage {
             kind: kind.to_owned(),
             id: format!("{id:032x}"),

@@ -97,6 +97,7 @@ impl AuditCmd {
                         user,
                         from_seq: 0,
                         limit: 0,
+                        continuation: false,
                     };
                     let mut failed = None;
                     vault.audit_export(&filter, &mut |r| {
@@ -120,6 +121,7 @@ impl AuditCmd {
                             user,
                             from_seq: from,
                             limit: 0,
+                            continuation: from > 0,
                         };
                         let Response::AuditPage(records, next) = ctx.admin(Request::AuditExport(filter))? else {
                             anyhow::bail!("unexpected answer to audit export");

@@ -33,14 +33,17 @@ impl VerifyCmd {
         } else {
             format!("{} objects ({} documents)", report.objects, report.documents)
         };
-        if report.damaged.is_empty() {
+        if report.more_damaged > 0 {
+            println!("damaged: {} more objects not listed", report.more_damaged);
+        }
+        if report.damaged_count() == 0 {
             println!("verified {what}: no damage found");
             Ok(())
         } else {
             anyhow::bail!(
                 "verified {what}: {} damaged; restore from a backup (`coffer restore`), or delete the damaged \
                  documents and re-upload them",
-                report.damaged.len()
+                report.damaged_count()
             )
         }
     }

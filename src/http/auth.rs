@@ -139,11 +139,16 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// The request's method, path and peer address.
+    /// The request's method, route (the pattern, never the raw path: it can hold ERP
+    /// record keys) with its request id, and peer address.
     pub fn of(req: &HttpRequest) -> Self {
         Self {
             method: req.method().to_string(),
-            path: req.path().to_owned(),
+            path: format!(
+                "{} (request {})",
+                req.match_pattern().unwrap_or_else(|| "(no route)".to_owned()),
+                super::audit::request_id(req)
+            ),
             ip: peer_ip(req),
         }
     }

@@ -72,8 +72,8 @@ pub struct State {
     pub logins: ratelimit::LoginGate,
     /// The audit log's writer.
     pub audit: crate::app::audit::AuditLog,
-    /// Throttle of audit entries for requests without an identified device.
-    pub anonymous_audit: audit::AnonymousGate,
+    /// Throttle of audit entries for refusals.
+    pub refusals_audited: audit::RefusalGate,
     /// Derived SigV4 signing keys per device and day (AWS SDKs cache them the same way).
     signing_keys: std::sync::Mutex<SigningKeys>,
     /// When each session's last use was last sent to the database (ms), so that the
@@ -294,7 +294,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         password_checks: Arc::new(tokio::sync::Semaphore::new(a.max_password_checks.max(1) as usize)),
         logins: ratelimit::LoginGate::new(ratelimit::LOGINS_PER_DEVICE_PER_MINUTE),
         audit: audit_log,
-        anonymous_audit: audit::AnonymousGate::default(),
+        refusals_audited: audit::RefusalGate::default(),
         signing_keys: std::sync::Mutex::new(SigningKeys::new()),
         session_touches: std::sync::Mutex::new(std::collections::HashMap::new()),
         options: options.clone(),
@@ -340,11 +340,11 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     })
                     // Outermost: every request gets an id and an audit entry, refusals too.
                     .wrap_fn(|req, srv| {
-                        audit::begin(&req);
+                        let pending = audit::begin(&req);
                         let call = actix_web::dev::Service::call(srv, req);
                         async move {
                             let mut res = call.await?;
-                            audit::finish(&mut res);
+                            audit::finish(pending, &mut res);
                             Ok(res)
                         }
                     })
@@ -460,8 +460,20 @@ async fn prune_audit(vault: Arc<Vault>, days: u32) {
         let v = vault.clone();
         let before = crate::model::Timestamp(crate::model::Timestamp::now().0 - i64::from(days) * 86_400_000);
         match web::block(move || v.audit_prune(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => eprintln!("audit: pruned {n} entries older than {days} days (the chain stays verifiable)"),
+            Ok(Ok(r)) => {
+                if r.removed > 0 {
+                    eprintln!(
+                        "audit: pruned {} entries older than {days} days (the chain stays verifiable)",
+                        r.removed
+                    );
+                }
+                if let Some((seq, why)) = r.damage {
+                    eprintln!(
+                        "warning: audit: pruning stopped at entry {seq}: {why}; run `coffer audit verify` and compare \
+                         with a backup"
+                    );
+                }
+            }
             Ok(Err(e)) => eprintln!("warning: audit: pruning failed: {e}"),
             Err(_) => eprintln!("warning: audit: pruning failed"),
         }

@@ -139,6 +139,13 @@ impl Store {
             .transpose()
     }
 
+    /// Whether the log holds any entry.
+    pub fn audit_has_entries(&self) -> Result<bool, StoreError> {
+        let snap = self.snapshot()?;
+        let t = snap.txn.open_table(AUDIT)?;
+        Ok(t.first()?.is_some())
+    }
+
     /// Calls `f` with every entry from `from` on, in order, with its raw bytes, from one
     /// consistent snapshot (appends meanwhile are not seen). `f` returns false to stop.
     pub fn audit_scan(&self, from: u64, mut f: impl FnMut(u64, &[u8]) -> bool) -> Result<(), StoreError> {

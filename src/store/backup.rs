@@ -319,3 +319,26 @@ fn put<K: Key + 'static, V: Value + 'static>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_width_keys_are_checked_before_redb_decodes_them() {
+        // `from_bytes` of these types indexes or unwraps: the shape check must stop
+        // anything of the wrong length first.
+        assert_eq!(<(u128, u32) as Value>::fixed_width(), Some(20));
+        assert_eq!(<u128 as Value>::fixed_width(), Some(16));
+        assert_eq!(<u64 as Value>::fixed_width(), Some(8));
+        assert!(BackupTable::Chunks.check(&[0; 19], b"x").is_err());
+        assert!(BackupTable::Chunks.check(&[0; 20], b"x").is_ok());
+        assert!(BackupTable::UserNames.check(&[0; 32], &[0; 15]).is_err());
+        assert!(BackupTable::Meta.check(&[0xff, 0xfe], b"").is_err());
+        assert!(BackupTable::Audit.check(&[0; 8], b"").is_ok());
+        for t in BackupTable::ALL {
+            assert_eq!(BackupTable::from_byte(t as u8), Some(t));
+        }
+        assert_eq!(BackupTable::from_byte(0), None);
+    }
+}
