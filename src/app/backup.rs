@@ -13,8 +13,9 @@
 //! one and rename it into place.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,10 @@ use crate::store::{BackupTable, Builder, StoreError, StoreOptions};
 
 /// Plaintext collected into one frame before it is sealed and written.
 const FRAME_TARGET: usize = 1024 * 1024;
+/// Frames queued between the stages of reading a backup.
+const PIPELINE_FRAMES: usize = 2;
+/// Threads authenticating and decrypting a backup's frames while it is read.
+const OPENERS: usize = 2;
 /// Largest single entry a backup carries (far above any record coffer stores).
 const MAX_ENTRY: usize = 32 * 1024 * 1024;
 
@@ -234,51 +239,99 @@ impl Vault {
             .map_err(io_at(dir))?;
         let dump = self.store.dump()?;
         let total = dump.entry_estimate()?;
-        let mut w = FrameWriter {
-            out: BufWriter::with_capacity(4 * 1024 * 1024, tmp.as_file()),
-            keys: &keys,
-            index: 0,
-            buf: Vec::with_capacity(FRAME_TARGET + MAX_ENTRY.min(1 << 20)),
-            written: 0,
-        };
-        w.out.write_all(&header.to_bytes()).map_err(io_at(out))?;
         let tag = keys.header_tag();
-        w.out.write_all(&tag).map_err(io_at(out))?;
-        w.written = (HEADER_LEN + HEADER_TAG_LEN) as u64;
+        let mut head = header.to_bytes().to_vec();
+        head.extend_from_slice(&tag);
+        let file = tmp.as_file();
         let mut counts = Counts::default();
         let mut done = 0u64;
-        dump.for_each(|table, key, value| {
-            if key.len() > MAX_ENTRY || value.len() > MAX_ENTRY {
-                return Err(BackupError::Inconsistent(format!(
-                    "an entry of {} is larger than {MAX_ENTRY} bytes",
-                    table.name()
-                )));
-            }
-            counts.add(table, key, value);
-            w.buf.push(table as u8);
-            w.buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            w.buf.extend_from_slice(key);
-            w.buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            w.buf.extend_from_slice(value);
-            if w.buf.len() >= FRAME_TARGET {
-                w.frame(false).map_err(io_at(out))?;
-            }
-            done += 1;
-            if done.is_multiple_of(256) {
-                progress(done, total.max(done));
-            }
-            Ok(())
+        // Three stages, each on its own thread, a few frames queued between them: this
+        // thread reads the snapshot into plaintext frames, one seals them in order, one
+        // writes them. Memory stays bounded by the queues (frames are recycled).
+        let file_bytes = std::thread::scope(|s| -> Result<u64, BackupError> {
+            let (to_seal, sealing) = sync_channel::<(Vec<u8>, bool)>(PIPELINE_FRAMES);
+            let (to_write, writing) = sync_channel::<(Vec<u8>, bool)>(PIPELINE_FRAMES);
+            let (to_reuse, reusable) = channel::<Vec<u8>>();
+            let keys = &keys;
+            let sealer = s.spawn(move || -> std::io::Result<()> {
+                for (index, (mut buf, last)) in (0u64..).zip(sealing) {
+                    keys.seal_frame(index, last, &mut buf).map_err(std::io::Error::other)?;
+                    if to_write.send((buf, last)).is_err() {
+                        break; // the writer failed: its error is the one reported
+                    }
+                }
+                Ok(())
+            });
+            let writer = s.spawn(move || -> std::io::Result<u64> {
+                let mut out = file;
+                out.write_all(&head)?;
+                let mut written = head.len() as u64;
+                for (buf, last) in writing {
+                    let len = buf.len() as u32 | if last { LAST_FRAME_BIT } else { 0 };
+                    out.write_all(&len.to_be_bytes())?;
+                    out.write_all(&buf)?;
+                    written += 4 + buf.len() as u64;
+                    let _ = to_reuse.send(buf);
+                }
+                Ok(written)
+            });
+            let fresh = || {
+                reusable
+                    .try_recv()
+                    .map(|mut b| {
+                        b.clear();
+                        b
+                    })
+                    .unwrap_or_else(|_| Vec::with_capacity(FRAME_TARGET + MAX_ENTRY.min(1 << 20)))
+            };
+            let closed = || BackupError::Inconsistent("the backup's writer stopped".into());
+            let mut buf = fresh();
+            let read = dump
+                .for_each(|table, key, value| {
+                    if key.len() > MAX_ENTRY || value.len() > MAX_ENTRY {
+                        return Err(BackupError::Inconsistent(format!(
+                            "an entry of {} is larger than {MAX_ENTRY} bytes",
+                            table.name()
+                        )));
+                    }
+                    counts.add(table, key, value);
+                    buf.push(table as u8);
+                    buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(key);
+                    buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(value);
+                    if buf.len() >= FRAME_TARGET {
+                        to_seal
+                            .send((std::mem::replace(&mut buf, fresh()), false))
+                            .map_err(|_| closed())?;
+                    }
+                    done += 1;
+                    if done.is_multiple_of(256) {
+                        progress(done, total.max(done));
+                    }
+                    Ok(())
+                })
+                .and_then(|()| {
+                    if !buf.is_empty() {
+                        to_seal.send((std::mem::take(&mut buf), false)).map_err(|_| closed())?;
+                    }
+                    let trailer = postcard::to_stdvec(&Trailer::V1(counts.clone()))
+                        .map_err(|_| BackupError::Inconsistent("the trailer does not encode".into()))?;
+                    to_seal.send((trailer, true)).map_err(|_| closed())
+                });
+            drop(to_seal);
+            let sealed = sealer.join();
+            let written = writer.join();
+            let (Ok(sealed), Ok(written)) = (sealed, written) else {
+                return Err(BackupError::Inconsistent("a backup thread panicked".into()));
+            };
+            // The writer's error first: the others follow from it.
+            let written = written.map_err(io_at(out))?;
+            sealed.map_err(io_at(out))?;
+            read?;
+            Ok(written)
         })?;
         drop(dump);
-        if !w.buf.is_empty() {
-            w.frame(false).map_err(io_at(out))?;
-        }
-        w.buf = postcard::to_stdvec(&Trailer::V1(counts.clone()))
-            .map_err(|_| BackupError::Inconsistent("the trailer does not encode".into()))?;
-        w.frame(true).map_err(io_at(out))?;
-        let file_bytes = w.written;
-        w.out.flush().map_err(io_at(out))?;
-        drop(w);
         tmp.as_file().sync_all().map_err(io_at(out))?;
         if replace {
             tmp.persist(out).map_err(|e| io_at(out)(e.error))?;
@@ -343,48 +396,35 @@ impl Vault {
     }
 }
 
-struct FrameWriter<'a, W: Write> {
-    out: W,
-    keys: &'a BackupKeys,
-    index: u64,
-    buf: Vec<u8>,
-    written: u64,
-}
-
-impl<W: Write> FrameWriter<'_, W> {
-    fn frame(&mut self, last: bool) -> std::io::Result<()> {
-        self.keys
-            .seal_frame(self.index, last, &mut self.buf)
-            .map_err(std::io::Error::other)?;
-        let len = self.buf.len() as u32 | if last { LAST_FRAME_BIT } else { 0 };
-        self.out.write_all(&len.to_be_bytes())?;
-        self.out.write_all(&self.buf)?;
-        self.written += 4 + self.buf.len() as u64;
-        self.index += 1;
-        self.buf.clear();
-        Ok(())
-    }
-}
-
-/// Reads and authenticates a backup file frame by frame.
+/// Reads a backup file frame by frame (authenticating them is [`read_backup`]'s).
 struct FrameReader<'a, R: Read> {
     r: R,
-    keys: BackupKeys,
     index: u64,
     offset: u64,
     size: u64,
     path: &'a Path,
-    finished: bool,
+}
+
+/// Where a sealed frame was read.
+#[derive(Clone, Copy)]
+struct Sealed {
+    index: u64,
+    /// Its offset in the file, and that of the next.
+    at: u64,
+    end: u64,
+    last: bool,
+    /// Bytes follow the last frame (an error once the frame itself authenticates).
+    trailing: bool,
 }
 
 impl<'a> FrameReader<'a, BufReader<&'a std::fs::File>> {
     /// Reads `file` (opened from `path`) from its start: parses the header and checks its
-    /// tag with the key file's version. Returns the header and its tag.
+    /// tag with the key file's version. Returns the header, its tag and the keys.
     fn open(
         file: &'a std::fs::File,
         path: &'a Path,
         keyring: &Keyring,
-    ) -> Result<(Self, Header, [u8; HEADER_TAG_LEN]), BackupError> {
+    ) -> Result<(Self, Header, [u8; HEADER_TAG_LEN], BackupKeys), BackupError> {
         use std::io::Seek;
         let mut f = file;
         f.seek(std::io::SeekFrom::Start(0)).map_err(io_at(path))?;
@@ -410,22 +450,21 @@ impl<'a> FrameReader<'a, BufReader<&'a std::fs::File>> {
         Ok((
             Self {
                 r,
-                keys,
                 index: 0,
                 offset: head.len() as u64,
                 size,
                 path,
-                finished: false,
             },
             header,
             tag,
+            keys,
         ))
     }
 }
 
 impl<R: Read> FrameReader<'_, R> {
-    /// The next frame's plaintext into `buf`; `Ok(true)` if it was the last one.
-    fn next(&mut self, buf: &mut Vec<u8>) -> Result<bool, BackupError> {
+    /// The next sealed frame into `buf`.
+    fn next_sealed(&mut self, buf: &mut Vec<u8>) -> Result<Sealed, BackupError> {
         let at = self.offset;
         let mut len = [0u8; 4];
         let got = read_full(&mut self.r, &mut len).map_err(io_at(self.path))?;
@@ -452,22 +491,21 @@ impl<R: Read> FrameReader<'_, R> {
         if got < n {
             return Err(BackupError::Truncated(at + 4 + got as u64));
         }
-        self.keys
-            .open_frame(self.index, last, buf)
-            .map_err(|_| BackupError::Damaged {
-                frame: self.index,
-                offset: at,
-            })?;
+        let index = self.index;
         self.index += 1;
         self.offset = at + 4 + n as u64;
+        let mut trailing = false;
         if last {
-            self.finished = true;
             let mut extra = [0u8; 1];
-            if read_full(&mut self.r, &mut extra).map_err(io_at(self.path))? != 0 {
-                return Err(BackupError::Trailing(self.offset));
-            }
+            trailing = read_full(&mut self.r, &mut extra).map_err(io_at(self.path))? != 0;
         }
-        Ok(last)
+        Ok(Sealed {
+            index,
+            at,
+            end: self.offset,
+            last,
+            trailing,
+        })
     }
 }
 
@@ -518,45 +556,94 @@ fn read_backup(
     mut sink: Option<&mut Builder>,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
-    let (mut reader, header, tag) = FrameReader::open(file, path, keyring)?;
+    let (mut reader, header, tag, keys) = FrameReader::open(file, path, keyring)?;
     let size = reader.size;
-    let mut buf = Vec::new();
     let mut counts = Counts::default();
     let mut meta: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    loop {
-        let last = reader.next(&mut buf)?;
-        if last {
-            let trailer = match postcard::take_from_bytes::<Trailer>(&buf) {
-                Ok((Trailer::V1(c), [])) => c,
-                _ => return Err(BackupError::Inconsistent("the trailer does not decode".into())),
-            };
-            if trailer != counts {
-                return Err(BackupError::Inconsistent(
-                    "the entries do not match the counts recorded at the end".into(),
-                ));
-            }
-            break;
+    // One thread reads sealed frames, OPENERS threads authenticate and decrypt them (frame
+    // i on opener i % OPENERS), this one takes them back in order: checks, counts, hands
+    // entries to `sink`. A few frames are queued between stages, and buffers recycled, so
+    // memory stays bounded. Any failure closes the queues and every thread stops.
+    type Frame = Result<(Vec<u8>, Sealed), BackupError>;
+    std::thread::scope(|s| -> Result<(), BackupError> {
+        let keys = &keys;
+        let (to_reuse, reusable) = channel::<Vec<u8>>();
+        let mut to_open = Vec::with_capacity(OPENERS);
+        let mut opened = Vec::with_capacity(OPENERS);
+        for _ in 0..OPENERS {
+            let (tx, rx) = sync_channel::<Frame>(PIPELINE_FRAMES);
+            let (done_tx, done_rx) = sync_channel::<Frame>(PIPELINE_FRAMES);
+            s.spawn(move || {
+                for frame in rx {
+                    let frame = frame.and_then(|(mut buf, f)| {
+                        keys.open_frame(f.index, f.last, &mut buf)
+                            .map_err(|_| BackupError::Damaged {
+                                frame: f.index,
+                                offset: f.at,
+                            })?;
+                        if f.trailing {
+                            return Err(BackupError::Trailing(f.end));
+                        }
+                        Ok((buf, f))
+                    });
+                    if done_tx.send(frame).is_err() {
+                        break;
+                    }
+                }
+            });
+            to_open.push(tx);
+            opened.push(done_rx);
         }
-        entries(&buf, |table, key, value| {
-            table.check(key, value)?;
-            counts.add(table, key, value);
-            // Every version the backup's objects are wrapped under must be in the key
-            // file, or the restored database could not open them.
-            if let Some(v) = wrapped_version(table, value)
-                && keyring.version(v).is_none()
-            {
-                return Err(BackupError::NeedsKeyVersion(v));
+        s.spawn(move || {
+            loop {
+                let mut buf = reusable.try_recv().unwrap_or_default();
+                let opener = (reader.index % OPENERS as u64) as usize;
+                let frame = reader.next_sealed(&mut buf).map(|f| (buf, f));
+                let more = matches!(frame, Ok((_, Sealed { last: false, .. })));
+                if to_open[opener].send(frame).is_err() || !more {
+                    break;
+                }
             }
-            if table == BackupTable::Meta {
-                meta.insert(key.to_vec(), value.to_vec());
+        });
+        for i in 0.. {
+            let (buf, f) = opened[i % OPENERS]
+                .recv()
+                .map_err(|_| BackupError::Inconsistent("a backup reader stopped".into()))??;
+            if f.last {
+                let trailer = match postcard::take_from_bytes::<Trailer>(&buf) {
+                    Ok((Trailer::V1(c), [])) => c,
+                    _ => return Err(BackupError::Inconsistent("the trailer does not decode".into())),
+                };
+                if trailer != counts {
+                    return Err(BackupError::Inconsistent(
+                        "the entries do not match the counts recorded at the end".into(),
+                    ));
+                }
+                break;
             }
-            if let Some(b) = sink.as_deref_mut() {
-                b.insert(table, key, value)?;
-            }
-            Ok(())
-        })?;
-        progress(reader.offset, size);
-    }
+            entries(&buf, |table, key, value| {
+                table.check(key, value)?;
+                counts.add(table, key, value);
+                // Every version the backup's objects are wrapped under must be in the key
+                // file, or the restored database could not open them.
+                if let Some(v) = wrapped_version(table, value)
+                    && keyring.version(v).is_none()
+                {
+                    return Err(BackupError::NeedsKeyVersion(v));
+                }
+                if table == BackupTable::Meta {
+                    meta.insert(key.to_vec(), value.to_vec());
+                }
+                if let Some(b) = sink.as_deref_mut() {
+                    b.insert(table, key, value)?;
+                }
+                Ok(())
+            })?;
+            progress(f.end, size);
+            let _ = to_reuse.send(buf);
+        }
+        Ok(())
+    })?;
     let unknown = check_keys_match(&meta, keyring)?;
     if let Some(b) = sink {
         // Versions added to the key file after the backup was taken: the restored

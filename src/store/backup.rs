@@ -221,16 +221,17 @@ where
     Ok(())
 }
 
-/// Bytes of entries buffered before a commit into the database being built.
+/// Bytes of entries inserted into the database being built per (non-durable) commit.
 const BUILD_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
-/// A new database filled from backup entries. Commits go in batches without fsync; one
-/// durable commit at [`finish`](Self::finish) makes them all durable. Dropped unfinished,
-/// it leaves its file behind for the caller to remove.
+/// A new database filled from backup entries. Entries go straight into an open write
+/// transaction, committed every [`BUILD_BATCH_BYTES`] without fsync; one durable commit at
+/// [`finish`](Self::finish) makes them all durable. Dropped unfinished, it leaves its file
+/// behind for the caller to remove.
 pub struct Builder {
     db: Database,
-    pending: Vec<(BackupTable, Vec<u8>, Vec<u8>)>,
-    pending_bytes: usize,
+    txn: Option<redb::WriteTransaction>,
+    txn_bytes: usize,
     saw_schema: bool,
 }
 
@@ -239,8 +240,8 @@ impl Builder {
     pub fn create(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         Ok(Self {
             db: create_private_database(path, options)?,
-            pending: Vec::new(),
-            pending_bytes: 0,
+            txn: None,
+            txn_bytes: 0,
             saw_schema: false,
         })
     }
@@ -251,54 +252,47 @@ impl Builder {
         if table == BackupTable::Meta && key == SCHEMA_KEY.as_bytes() {
             self.saw_schema = true;
         }
-        self.pending_bytes += key.len() + value.len();
-        self.pending.push((table, key.to_vec(), value.to_vec()));
-        if self.pending_bytes >= BUILD_BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        let mut i = 0;
-        while i < pending.len() {
-            let table = pending[i].0;
-            let end = pending[i..]
-                .iter()
-                .position(|(t, _, _)| *t != table)
-                .map_or(pending.len(), |n| i + n);
-            let run = &pending[i..end];
-            match table {
-                BackupTable::Meta => put(&txn, META, run)?,
-                BackupTable::Documents => put(&txn, DOCUMENTS, run)?,
-                BackupTable::Chunks => put(&txn, CHUNKS, run)?,
-                BackupTable::Users => put(&txn, USERS, run)?,
-                BackupTable::UserNames => put(&txn, USER_NAMES, run)?,
-                BackupTable::Devices => put(&txn, DEVICES, run)?,
-                BackupTable::DeviceThumbprints => put(&txn, DEVICE_THUMBPRINTS, run)?,
-                BackupTable::Secrets => put(&txn, SECRETS, run)?,
-                BackupTable::ErpRecords => put(&txn, ERP_RECORDS, run)?,
-                BackupTable::ErpKeys => put(&txn, ERP_KEYS, run)?,
-                BackupTable::Audit => put(&txn, AUDIT, run)?,
+        let txn = match self.txn.take() {
+            Some(txn) => txn,
+            None => {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::None)?;
+                txn
             }
-            i = end;
+        };
+        match table {
+            BackupTable::Meta => put(&txn, META, key, value)?,
+            BackupTable::Documents => put(&txn, DOCUMENTS, key, value)?,
+            BackupTable::Chunks => put(&txn, CHUNKS, key, value)?,
+            BackupTable::Users => put(&txn, USERS, key, value)?,
+            BackupTable::UserNames => put(&txn, USER_NAMES, key, value)?,
+            BackupTable::Devices => put(&txn, DEVICES, key, value)?,
+            BackupTable::DeviceThumbprints => put(&txn, DEVICE_THUMBPRINTS, key, value)?,
+            BackupTable::Secrets => put(&txn, SECRETS, key, value)?,
+            BackupTable::ErpRecords => put(&txn, ERP_RECORDS, key, value)?,
+            BackupTable::ErpKeys => put(&txn, ERP_KEYS, key, value)?,
+            BackupTable::Audit => put(&txn, AUDIT, key, value)?,
         }
-        txn.commit()?;
+        self.txn_bytes += key.len() + value.len();
+        if self.txn_bytes >= BUILD_BATCH_BYTES {
+            self.txn_bytes = 0;
+            txn.commit()?;
+        } else {
+            self.txn = Some(txn);
+        }
         Ok(())
     }
 
-    /// Writes what is buffered, creates every table the entries did not, and makes the
+    /// Writes what is pending, creates every table the entries did not, and makes the
     /// database durable. Fails if the entries held no schema version (not a coffer
     /// database).
     pub fn finish(mut self) -> Result<(), StoreError> {
         if !self.saw_schema {
             return Err(StoreError::Corrupt("the backup's schema version"));
         }
-        self.flush()?;
+        if let Some(txn) = self.txn.take() {
+            txn.commit()?;
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         super::open_every_table(&txn)?;
@@ -310,13 +304,11 @@ impl Builder {
 fn put<K: Key + 'static, V: Value + 'static>(
     txn: &redb::WriteTransaction,
     def: TableDefinition<K, V>,
-    run: &[(BackupTable, Vec<u8>, Vec<u8>)],
+    key: &[u8],
+    value: &[u8],
 ) -> Result<(), StoreError> {
-    let mut t = txn.open_table(def)?;
-    for (_, k, v) in run {
-        // Shapes were checked in `insert`, so `from_bytes` cannot panic.
-        t.insert(K::from_bytes(k), V::from_bytes(v))?;
-    }
+    // Shapes were checked in `insert`, so `from_bytes` cannot panic.
+    txn.open_table(def)?.insert(K::from_bytes(key), V::from_bytes(value))?;
     Ok(())
 }
 
