@@ -459,7 +459,8 @@ fn audit_label(request: &Request) -> (&'static str, Option<String>) {
         Request::KeyStatus => ("key status", None),
         Request::KeyPassphrase { .. } => ("key passphrase", None),
         Request::AuditVerify => ("audit verify", None),
-        Request::AuditExport(_) => ("audit export", None),
+        // Every page is recorded (with where it starts): a client cannot leave one out.
+        Request::AuditExport(f) => ("audit export", Some(format!("from entry {}", f.from_seq))),
     }
 }
 
@@ -472,10 +473,8 @@ pub fn execute(
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<Response> {
     let (action, target) = audit_label(&request);
-    // Paging through an export records one entry, for its first page.
-    let quiet = matches!(&request, Request::AuditExport(f) if f.continuation);
     let result = run(vault, settings, request, progress);
-    if !quiet {
+    {
         let outcome = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
         if let Err(e) = vault.audit_admin(action, target, outcome) {
             eprintln!("warning: the audit log could not record `{action}`: {e}");

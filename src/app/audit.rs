@@ -224,6 +224,14 @@ impl Vault {
                 // Made with the first entry: a log (or anchor) without its key means the
                 // key was removed, and a new one would quietly start a second chain.
                 if self.store.audit_anchor()?.is_some() || self.store.audit_has_entries()? {
+                    // Another thread may have made the key (and written with it) since.
+                    if let Ok(root) = self.key(SLOT_AUDIT_KEY, "audit key") {
+                        let _ = self.audit.set(AuditKeys::derive(root.expose()));
+                        return self
+                            .audit
+                            .get()
+                            .ok_or_else(|| VaultError::Invalid("the audit key is not available".into()));
+                    }
                     return Err(VaultError::Integrity {
                         what: "audit log",
                         id: "key".into(),

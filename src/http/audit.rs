@@ -3,10 +3,11 @@
 //! to the writer thread without waiting, also when the client goes away before the answer
 //! (`499 client-closed`: the work may have been done).
 //!
-//! Successful requests are always recorded. Refusals are recorded at most once per device
-//! (or, without an identified device, per address) every [`REFUSALS_EVERY`]; the next
-//! recorded refusal says how many were left out, so a flood of bad requests (from a
-//! revoked device, a stranger, a broken client) cannot grow the log at line rate.
+//! Successful requests are always recorded. A refusal is recorded one by one at most once
+//! every [`REFUSALS_EVERY`] per (device, or address or IPv6 /64 without one; action;
+//! outcome); the others in that window are counted and written as one summary entry when
+//! it closes, so a flood of bad requests (from a revoked device, a stranger, a broken
+//! client) cannot grow the log at line rate, and none goes unrecorded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -80,35 +81,104 @@ fn target_of(req: &HttpRequest, location: Option<&str>) -> Option<String> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Source {
-    Device(DeviceId),
+    Device(DeviceId, UserId),
+    /// An address (IPv6: its /64, like every other per-address budget).
     Address(IpAddr),
     Unknown,
 }
 
-/// Per-device (or per-address) throttle of recorded refusals.
+/// What refusals are grouped by: who, and what they tried and how it ended, so one
+/// harmless refusal cannot cover other attempts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RefusalKind {
+    source: Source,
+    action: String,
+    outcome: String,
+    status: u16,
+}
+
+#[derive(Debug)]
+struct Window {
+    opened: Instant,
+    skipped: u64,
+    ip: Option<IpAddr>,
+}
+
+/// Per-(source, action, outcome) throttle of recorded refusals. What it leaves out is
+/// counted and written as a summary entry when the window closes ([`Self::summaries`],
+/// called every few seconds and when the server stops), so nothing is lost silently.
 #[derive(Debug, Default)]
-pub struct RefusalGate(Mutex<HashMap<Source, (Instant, u64)>>);
+pub struct RefusalGate(Mutex<HashMap<RefusalKind, Window>>);
 
 impl RefusalGate {
-    /// `Some(left out since the last recorded one)` if this refusal is recorded.
-    fn admit(&self, source: Source) -> Option<u64> {
+    /// Whether this refusal is recorded one by one (else it is counted), and the summary
+    /// of the expired window it replaces, if that one left refusals out.
+    fn admit(&self, kind: RefusalKind, ip: Option<IpAddr>) -> (bool, Option<AuditEvent>) {
         let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
-        if let Some((at, skipped)) = seen.get_mut(&source)
-            && now.duration_since(*at) < REFUSALS_EVERY
+        if let Some(w) = seen.get_mut(&kind)
+            && now.duration_since(w.opened) < REFUSALS_EVERY
         {
-            *skipped += 1;
-            return None;
+            w.skipped += 1;
+            return (false, None);
         }
-        if seen.len() >= REFUSALS_MAX {
-            seen.retain(|_, (t, _)| now.duration_since(*t) < REFUSALS_EVERY);
-            if seen.len() >= REFUSALS_MAX {
-                // Flooded from very many sources at once: forget rather than scan forever.
-                seen.clear();
+        if seen.len() >= REFUSALS_MAX && !seen.contains_key(&kind) {
+            // Flooded from very many sources at once: further refusals are recorded one by
+            // one until the sweep closes windows (the log grows, but nothing is hidden).
+            return (true, None);
+        }
+        let fresh = Window {
+            opened: now,
+            skipped: 0,
+            ip,
+        };
+        let closed = seen
+            .insert(kind.clone(), fresh)
+            .filter(|w| w.skipped > 0)
+            .map(|w| summary(&kind, &w));
+        (true, closed)
+    }
+
+    /// Closes the windows older than [`REFUSALS_EVERY`] (all of them with `all`) and
+    /// returns a summary entry for each that left refusals out.
+    pub fn summaries(&self, all: bool) -> Vec<AuditEvent> {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        seen.retain(|kind, w| {
+            if !all && now.duration_since(w.opened) < REFUSALS_EVERY {
+                return true;
             }
-        }
-        let skipped = seen.insert(source, (now, 0)).map_or(0, |(_, n)| n);
-        Some(skipped)
+            if w.skipped > 0 {
+                out.push(summary(kind, w));
+            }
+            false
+        });
+        out
+    }
+}
+
+/// The entry counting the refusals a window left out.
+fn summary(kind: &RefusalKind, w: &Window) -> AuditEvent {
+    let (device, user) = match kind.source {
+        Source::Device(d, u) => (Some(d), Some(u)),
+        _ => (None, None),
+    };
+    AuditEvent {
+        time: Timestamp::now(),
+        action: kind.action.clone(),
+        status: kind.status,
+        outcome: kind.outcome.clone(),
+        device,
+        user,
+        ip: w.ip,
+        target: None,
+        request_id: None,
+        detail: Some(format!(
+            "{} more such refusals from the same source within {} s of the one recorded, not recorded one by one",
+            w.skipped,
+            REFUSALS_EVERY.as_secs()
+        )),
     }
 }
 
@@ -149,26 +219,30 @@ impl Drop for Pending {
 impl Pending {
     fn record(&self, status: u16, outcome: String, who: Option<AuditWho>, target: Option<String>) {
         let Some(state) = &self.state else { return };
-        let mut detail = None;
+        let action = format!("{} {}", self.method, self.pattern);
         if !(200..400).contains(&status) && status != 499 {
             let source = match (who, self.ip) {
-                (Some(w), _) => Source::Device(w.device),
-                (None, Some(ip)) => Source::Address(ip),
+                (Some(w), _) => Source::Device(w.device, w.user),
+                (None, Some(ip)) => Source::Address(super::ratelimit::ip_key(ip)),
                 (None, None) => Source::Unknown,
             };
-            match state.refusals_audited.admit(source) {
-                None => return,
-                Some(0) => {}
-                Some(n) => {
-                    detail = Some(format!(
-                        "{n} more refusals from the same source since the last recorded one were not recorded one by one"
-                    ));
-                }
+            let kind = RefusalKind {
+                source,
+                action: action.clone(),
+                outcome: outcome.clone(),
+                status,
+            };
+            let (record, closed) = state.refusals_audited.admit(kind, self.ip);
+            if let Some(summary) = closed {
+                state.audit.record(summary);
+            }
+            if !record {
+                return;
             }
         }
         state.audit.record(AuditEvent {
             time: Timestamp::now(),
-            action: format!("{} {}", self.method, self.pattern),
+            action,
             status,
             outcome,
             device: who.map(|w| w.device),
@@ -176,7 +250,7 @@ impl Pending {
             ip: self.ip,
             target,
             request_id: Some(self.request_id.clone()),
-            detail,
+            detail: None,
         });
     }
 }

@@ -302,6 +302,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let not_before = state.auth.not_before;
     let sweep_vault = state.vault.clone();
     let sweep_erp = options.erp.clone();
+    let summary_state = state.clone();
     let audit_days = options.audit_retention_days;
     let allow = Arc::new(options.allow.clone());
     let refusals = Arc::new(allowlist::Refusals::default());
@@ -415,6 +416,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             let _ = tx.send(Some(server.handle()));
             // Ends with the server's runtime.
             actix_web::rt::spawn(prune_audit(sweep_vault.clone(), audit_days));
+            actix_web::rt::spawn(summarise_refusals(summary_state));
             actix_web::rt::spawn(sweep(sweep_vault, sweep_erp));
             server.await
         })
@@ -447,6 +449,29 @@ async fn sweep(vault: Arc<Vault>, erp: crate::erp::Erp) {
             Ok(Ok(n)) => eprintln!("erp: purged {n} record(s) past their stale window"),
             Ok(Err(e)) => eprintln!("warning: erp: the sweep failed: {e}"),
             Err(_) => eprintln!("warning: erp: the sweep failed"),
+        }
+    }
+}
+
+/// Writes the summary entries of refusals left out of the audit log, as their windows
+/// close.
+async fn summarise_refusals(state: web::Data<State>) {
+    let mut tick = tokio::time::interval(audit::REFUSALS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for event in state.refusals_audited.summaries(false) {
+            state.audit.record(event);
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // The server stops: what the refusal windows counted is written before the
+        // audit writer (a field, dropped after this) flushes and ends.
+        for event in self.refusals_audited.summaries(true) {
+            self.audit.record(event);
         }
     }
 }
