@@ -31,6 +31,9 @@
 //! `/proc/self/clear_refs` before each figure, so it is that figure's own peak) and, for the
 //! restore, the median split between its phases (pass 1, pass 2, durable finish and swap,
 //! told apart by the progress callback). Backup and restore must run in bounded memory.
+//! On a shared machine, the cores this process kept busy over each figure are shown next to
+//! those everything else did (from `/proc/stat`; kernel writeback threads count there): a
+//! figure taken while `others` is well above zero was disturbed.
 //!
 //! ```text
 //! cargo bench --bench ops                   # measure (needs ~7 GiB free, see below)
@@ -131,6 +134,27 @@ fn memory() -> (u64, u64) {
             * KIB as u64
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// CPU time in clock ticks (1/100 s): (every CPU's busy time, this process's own).
+/// Busy is user, nice, system, irq, softirq and steal, as /tmp/wait_quiet.py counts it.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat (Linux only)");
+    let all: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7].iter().map(|&i| all[i]).sum();
+    let own = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces), from `state`: utime and
+    // stime are the 12th and 13th (every thread of the process).
+    let fields: Vec<&str> = own[own.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let own = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    (busy, own)
 }
 
 /// Resets the high-water mark to the current RSS; false if the kernel refused.
@@ -247,11 +271,17 @@ struct Figure {
     rss_before: u64,
     rss_peak: u64,
     hwm_reset: bool,
+    /// Wall time and CPU ticks (every CPU's busy, this process's) over the whole figure.
+    started: (Instant, u64, u64),
+    /// Cores this process kept busy, and cores everything else did (other processes, and
+    /// kernel threads such as writeback) over the whole figure.
+    cores: (f64, f64),
 }
 
 impl Figure {
     fn new(id: &'static str, bytes: u64) -> Self {
         let hwm_reset = reset_hwm();
+        let (busy, own) = cpu_ticks();
         Self {
             id,
             bytes,
@@ -260,11 +290,21 @@ impl Figure {
             rss_before: memory().1,
             rss_peak: 0,
             hwm_reset,
+            started: (Instant::now(), busy, own),
+            cores: (0.0, 0.0),
         }
     }
 
     fn done(&mut self) {
         self.rss_peak = memory().0;
+        let (busy, own) = cpu_ticks();
+        let (start, busy0, own0) = self.started;
+        let secs = start.elapsed().as_secs_f64() * 100.0;
+        let own = own.saturating_sub(own0);
+        self.cores = (
+            own as f64 / secs,
+            busy.saturating_sub(busy0).saturating_sub(own) as f64 / secs,
+        );
     }
 
     /// The timed iterations: all but criterion's warm-up (the first), unless it was alone.
@@ -421,16 +461,17 @@ fn bench_all(c: &mut Criterion, fx: &Fixture, args: &Args) -> Vec<Figure> {
 fn summary(figures: &[Figure], test: bool) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!();
-    println!("Summary: MB/s (1e6 bytes) of the 10 samples, and the process's peak RSS during each figure");
+    println!("Summary: MB/s (1e6 bytes) of the samples; the process's peak RSS during each figure; cores");
+    println!("busy over the figure: this process's, and everything else's (other processes, kernel writeback)");
     println!(
-        "{:<18} {:>12} {:>8} {:>17} {:>4} {:>10} {:>10}",
-        "figure", "bytes", "median", "range", "n", "RSS before", "peak RSS"
+        "{:<18} {:>12} {:>8} {:>17} {:>4} {:>10} {:>10} {:>6} {:>6}",
+        "figure", "bytes", "median", "range", "n", "RSS before", "peak RSS", "own", "others"
     );
     for f in figures {
         let rates: Vec<f64> = f.samples().iter().map(|t| mbs(f.bytes, t.as_secs_f64())).collect();
         let (lo, hi) = min_max(&rates);
         println!(
-            "{:<18} {:>12} {:>8.0} {:>8.0} - {:>6.0} {:>4} {:>6.1} MiB {:>6.1} MiB",
+            "{:<18} {:>12} {:>8.0} {:>8.0} - {:>6.0} {:>4} {:>6.1} MiB {:>6.1} MiB {:>6.2} {:>6.2}",
             f.id,
             f.bytes,
             median(&rates),
@@ -439,6 +480,8 @@ fn summary(figures: &[Figure], test: bool) {
             rates.len(),
             f.rss_before as f64 / MIB as f64,
             f.rss_peak as f64 / MIB as f64,
+            f.cores.0,
+            f.cores.1,
         );
         if !f.hwm_reset {
             println!("  (note: /proc/self/clear_refs refused; this peak includes everything before it)");
