@@ -875,13 +875,19 @@ fn start_coffer(fixture: &mut Fixture, workers: usize) -> (RunningServer, Erp) {
         ServerOptions {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_min: TlsVersion::Tls13,
-            limits: Limits::default(),
+            // A bench device makes far more requests than a phone: no per-device budget.
+            limits: Limits {
+                device_requests_per_minute: 1_000_000,
+                ..Limits::default()
+            },
             workers: Some(workers),
             auth: fixture.auth.clone(),
             device_days: 365,
             allow: coffer::http::allowlist::Allowlist::loopback(),
             erp: erp.clone(),
             audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
+            health_listen: None,
+            min_server_cert_days: 14,
         },
     )
     .unwrap();

@@ -522,6 +522,7 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
             tls_min: TlsVersion::Tls13,
             limits: Limits {
                 max_upload_bytes: 2 << 30,
+                device_requests_per_minute: 1_000_000,
                 ..Limits::default()
             },
             workers: Some(workers),
@@ -530,6 +531,8 @@ fn transfers(size: u64, reps: usize, figures: &[Figure]) -> Transfers {
             allow: coffer::http::allowlist::Allowlist::loopback(),
             erp: coffer::erp::Erp::default(),
             audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
+            health_listen: None,
+            min_server_cert_days: 14,
         },
     )
     .unwrap();

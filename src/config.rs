@@ -55,6 +55,110 @@ pub struct Config {
     pub erp: ErpConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Server logs (stderr).
+    pub log: LogConfig,
+    /// The plain-HTTP health and metrics listener.
+    pub health: HealthConfig,
+}
+
+/// How server logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum LogFormat {
+    /// One readable line per event (colours only on a terminal).
+    #[default]
+    #[serde(rename = "human")]
+    Human,
+    /// One JSON object per line, for journald, CloudWatch or any log shipper.
+    #[serde(rename = "json")]
+    Json,
+}
+
+/// Least severity that is logged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub enum LogLevel {
+    /// Failures only.
+    #[serde(rename = "error")]
+    Error,
+    /// Failures and conditions an admin should look at.
+    #[serde(rename = "warn")]
+    Warn,
+    /// Also one line per request, start, stop and reload (the default).
+    #[default]
+    #[serde(rename = "info")]
+    Info,
+    /// Also detail useful when chasing a problem.
+    #[serde(rename = "debug")]
+    Debug,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "human" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            _ => Err("expected human or json".to_owned()),
+        }
+    }
+}
+
+impl std::str::FromStr for LogLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "error" => Ok(Self::Error),
+            "warn" => Ok(Self::Warn),
+            "info" => Ok(Self::Info),
+            "debug" => Ok(Self::Debug),
+            _ => Err("expected error, warn, info or debug".to_owned()),
+        }
+    }
+}
+
+/// `[log]`: server logs, written to stderr (journald keeps them under systemd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"human"` (default) or `"json"` (one object per line).
+    pub format: LogFormat,
+    /// `"error"`, `"warn"`, `"info"` (default) or `"debug"`; changes on SIGHUP.
+    pub level: LogLevel,
+}
+
+/// `[health]`: `/healthz`, `/readyz` and `/metrics` over plain HTTP, for a local
+/// monitoring agent. Never expose it beyond the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Address of the listener (default `127.0.0.1:9464`); `"off"` turns it off.
+    pub listen: String,
+    /// `/readyz` fails when the server certificate expires within this many days.
+    pub min_server_cert_days: u32,
+}
+
+/// Default address of the health and metrics listener.
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9464";
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HEALTH_LISTEN.to_owned(),
+            min_server_cert_days: 14,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// The listener's address, or `None` when turned off.
+    pub fn address(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.listen.trim() {
+            "off" => Ok(None),
+            a => a.parse().map(Some).map_err(|_| ConfigError::Invalid {
+                key: "health.listen",
+                message: format!("{a:?} is not an address: write e.g. 127.0.0.1:9464, or \"off\""),
+            }),
+        }
+    }
 }
 
 /// `[audit]`: the tamper-evident audit log.
@@ -90,6 +194,8 @@ impl Default for Config {
             allow_cidrs: None,
             erp: ErpConfig::default(),
             audit: AuditConfig::default(),
+            log: LogConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -136,6 +242,12 @@ pub struct Limits {
     pub header_timeout_secs: u32,
     /// Seconds a request body may stall (no bytes arriving) before the request fails.
     pub body_idle_timeout_secs: u32,
+    /// Requests one device may make per minute (burst and refill); more are answered
+    /// `429 too-many-requests` with `Retry-After`.
+    pub device_requests_per_minute: u32,
+    /// Seconds requests in flight may take to finish after SIGTERM before they are cut
+    /// (an upload cut then leaves nothing).
+    pub shutdown_grace_secs: u32,
 }
 
 impl Default for Limits {
@@ -150,6 +262,8 @@ impl Default for Limits {
             max_transfers_per_device: 6,
             header_timeout_secs: 10,
             body_idle_timeout_secs: 30,
+            device_requests_per_minute: 600,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -421,6 +535,11 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_MAX_TRANSFERS_PER_DEVICE", "limits.max_transfers_per_device"),
     ("COFFER_HEADER_TIMEOUT_SECS", "limits.header_timeout_secs"),
     ("COFFER_BODY_IDLE_TIMEOUT_SECS", "limits.body_idle_timeout_secs"),
+    ("COFFER_DEVICE_REQUESTS_PER_MINUTE", "limits.device_requests_per_minute"),
+    ("COFFER_SHUTDOWN_GRACE_SECS", "limits.shutdown_grace_secs"),
+    ("COFFER_LOG_FORMAT", "log.format"),
+    ("COFFER_LOG_LEVEL", "log.level"),
+    ("COFFER_HEALTH_LISTEN", "health.listen"),
     ("COFFER_KDF_MEMORY_KIB", "argon2.memory_kib"),
     ("COFFER_KDF_ITERATIONS", "argon2.iterations"),
     ("COFFER_KDF_PARALLELISM", "argon2.parallelism"),
@@ -527,6 +646,11 @@ impl Config {
                 "COFFER_MAX_TRANSFERS_PER_DEVICE" => self.limits.max_transfers_per_device = parse(name, &value)?,
                 "COFFER_HEADER_TIMEOUT_SECS" => self.limits.header_timeout_secs = parse(name, &value)?,
                 "COFFER_BODY_IDLE_TIMEOUT_SECS" => self.limits.body_idle_timeout_secs = parse(name, &value)?,
+                "COFFER_DEVICE_REQUESTS_PER_MINUTE" => self.limits.device_requests_per_minute = parse(name, &value)?,
+                "COFFER_SHUTDOWN_GRACE_SECS" => self.limits.shutdown_grace_secs = parse(name, &value)?,
+                "COFFER_LOG_FORMAT" => self.log.format = parse(name, &value)?,
+                "COFFER_LOG_LEVEL" => self.log.level = parse(name, &value)?,
+                "COFFER_HEALTH_LISTEN" => self.health.listen = value.trim().to_owned(),
                 "COFFER_KDF_MEMORY_KIB" => self.argon2.memory_kib = parse(name, &value)?,
                 "COFFER_KDF_ITERATIONS" => self.argon2.iterations = parse(name, &value)?,
                 "COFFER_KDF_PARALLELISM" => self.argon2.parallelism = parse(name, &value)?,
@@ -605,6 +729,16 @@ impl Config {
         }
         if !(1..=3_600).contains(&l.body_idle_timeout_secs) {
             return invalid("limits.body_idle_timeout_secs", "must be 1 to 3600");
+        }
+        if !(1..=1_000_000).contains(&l.device_requests_per_minute) {
+            return invalid("limits.device_requests_per_minute", "must be 1 to 1000000");
+        }
+        if l.shutdown_grace_secs > 3_600 {
+            return invalid("limits.shutdown_grace_secs", "must be 0 to 3600");
+        }
+        self.health.address()?;
+        if !(1..=365).contains(&self.health.min_server_cert_days) {
+            return invalid("health.min_server_cert_days", "must be 1 to 365");
         }
         if let Err(e) = self.argon2.params().validate() {
             return invalid("argon2", &e.to_string());

@@ -18,3 +18,4 @@ pub mod pki;
 pub mod secret;
 pub mod sigv4;
 pub mod store;
+pub mod telemetry;

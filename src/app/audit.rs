@@ -653,7 +653,7 @@ fn write_loop(vault: &Vault, rx: &Receiver<AuditEvent>, dropped: &AtomicU64) {
             dropped.fetch_add(n, Ordering::Relaxed);
             if failures_logged.elapsed() > Duration::from_secs(10) {
                 failures_logged = Instant::now();
-                eprintln!("audit: cannot write entries ({e}); they are counted as dropped");
+                tracing::info!("audit: cannot write entries ({e}); they are counted as dropped");
             }
         }
     }
@@ -670,7 +670,7 @@ fn write_loop(vault: &Vault, rx: &Receiver<AuditEvent>, dropped: &AtomicU64) {
             ..AuditEvent::default()
         };
         if let Err(e) = vault.audit_append(vec![marker], Durability::Immediate) {
-            eprintln!("audit: {lost} entries were lost and could not be recorded ({e})");
+            tracing::info!("audit: {lost} entries were lost and could not be recorded ({e})");
         }
     }
 }

@@ -270,10 +270,10 @@ impl Vault {
     /// renewal stands, sessions also end at their expiry, and the CRL is rewritten daily.
     fn after_renewal(&self, id: DeviceId) {
         if let Err(e) = self.end_device_sessions(id) {
-            eprintln!("warning: device {id} was renewed but its sessions could not be ended: {e}");
+            tracing::warn!("device {id} was renewed but its sessions could not be ended: {e}");
         }
         if let Err(e) = self.write_crl() {
-            eprintln!("warning: device {id} was renewed but the CRL could not be rewritten: {e}");
+            tracing::warn!("device {id} was renewed but the CRL could not be rewritten: {e}");
         }
     }
 

@@ -138,14 +138,14 @@ fn warn_expiring_devices(vault: &crate::app::Vault) {
             for d in devices {
                 if !d.body.revoked && d.expires > now && d.expires.0 <= soon {
                     let days = (d.expires.0 - now.0) / 86_400_000;
-                    eprintln!(
-                        "warning: the certificate of device {} expires in {days} day(s): issue the device again",
+                    tracing::warn!(
+                        "the certificate of device {} expires in {days} day(s): issue the device again",
                         d.id
                     );
                 }
             }
         }
-        Err(e) => eprintln!("warning: cannot list devices to check their expiry: {e}"),
+        Err(e) => tracing::warn!("cannot list devices to check their expiry: {e}"),
     }
 }
 
@@ -154,18 +154,19 @@ fn warn_expiring_devices(vault: &crate::app::Vault) {
 fn raise_open_files(max_connections: u32) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    // Two descriptors per connection: its socket and the watchdog's duplicate.
-    let wanted = 2 * u64::from(max_connections) + 256;
+    // Two descriptors per connection (its socket and the watchdog's duplicate), and up to
+    // twice `max_connections` connections (the ones beyond it are answered 503).
+    let wanted = 4 * u64::from(max_connections) + 256;
     if limit.current.is_some_and(|c| c < wanted) {
         limit.current = limit.maximum;
         if setrlimit(Resource::Nofile, limit).is_err() {
-            eprintln!("warning: could not raise the open-file limit; connections may be refused early");
+            tracing::warn!("could not raise the open-file limit; connections may be refused early");
         }
     }
     let now = getrlimit(Resource::Nofile).current;
     if now.is_some_and(|c| c < wanted) {
-        eprintln!(
-            "warning: the open-file limit ({}) is below 2 x limits.max_connections + 256; raise LimitNOFILE",
+        tracing::warn!(
+            "the open-file limit ({}) is below 4 x limits.max_connections + 256; raise LimitNOFILE",
             now.unwrap_or(0)
         );
     }
@@ -174,13 +175,125 @@ fn raise_open_files(max_connections: u32) {
 /// Loads the server certificate again; on failure the old one stays in use.
 fn reload(why: &str, reloader: &crate::http::TlsReloader) {
     match reloader.reload() {
-        Ok(info) => eprintln!(
+        Ok(info) => tracing::info!(
             "{why}: reloaded the server certificate (valid until {})",
             time::OffsetDateTime::from_unix_timestamp(info.not_after)
                 .map(|t| t.date().to_string())
                 .unwrap_or_default()
         ),
-        Err(e) => eprintln!("{why}: kept the current server certificate: {e}"),
+        Err(e) => tracing::warn!("{why}: kept the current server certificate: {e}"),
+    }
+}
+
+/// What SIGHUP reloads: the server certificate, and the settings that can change while
+/// the server runs.
+struct Reloadable {
+    tls: crate::http::TlsReloader,
+    live: crate::http::LiveSettings,
+    config_file: Option<PathBuf>,
+    running: std::sync::Mutex<crate::config::Config>,
+    dev: bool,
+}
+
+impl Reloadable {
+    /// Reads the configuration again (same file, same environment) and applies what can
+    /// change live: `log.level`, `allow_cidrs` (not with `--dev`) and
+    /// `limits.device_requests_per_minute`. Other changed settings are named: they take
+    /// effect at the next start. An invalid file changes nothing.
+    fn reload_config(&self) {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new = match crate::config::Config::load(self.config_file.as_deref(), |k| std::env::var(k).ok()) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!("SIGHUP: kept the running configuration: {e}; fix the file and send SIGHUP again");
+                return;
+            }
+        };
+        // Command-line flags (directories, cache) stay as the server started with.
+        new.data_dir.clone_from(&running.data_dir);
+        new.keys_dir.clone_from(&running.keys_dir);
+        new.cache_mib = running.cache_mib;
+        if let Err(e) = new.validate() {
+            tracing::warn!("SIGHUP: kept the running configuration: {e}; fix the file and send SIGHUP again");
+            return;
+        }
+        let mut applied = Vec::new();
+        if new.log.level != running.log.level {
+            crate::telemetry::set_level(new.log.level);
+            applied.push("log.level");
+        }
+        if new.limits.device_requests_per_minute != running.limits.device_requests_per_minute {
+            self.live
+                .set_device_requests_per_minute(new.limits.device_requests_per_minute);
+            applied.push("limits.device_requests_per_minute");
+        }
+        if new.allow_cidrs != running.allow_cidrs && !self.dev {
+            match new.allow_cidrs.as_deref().map(Allowlist::parse) {
+                Some(Ok(allow)) if !allow.networks().is_empty() => {
+                    tracing::info!("SIGHUP: accepting connections from {allow}");
+                    self.live.set_allowlist(allow);
+                    applied.push("allow_cidrs");
+                }
+                _ => {
+                    tracing::warn!(
+                        "SIGHUP: allow_cidrs is missing or empty in the new configuration: kept the                          running allowlist"
+                    );
+                    new.allow_cidrs.clone_from(&running.allow_cidrs);
+                }
+            }
+        }
+        let mut restart = Vec::new();
+        let mut limits = running.limits.clone();
+        limits.device_requests_per_minute = new.limits.device_requests_per_minute;
+        for (changed, key) in [
+            (new.listen != running.listen, "listen"),
+            (new.tls != running.tls, "tls"),
+            (new.limits != limits, "limits"),
+            (new.auth != running.auth, "auth"),
+            (new.pki != running.pki, "pki"),
+            (new.argon2 != running.argon2, "argon2"),
+            (new.erp != running.erp, "erp"),
+            (new.audit != running.audit, "audit"),
+            (new.health != running.health, "health"),
+            (new.log.format != running.log.format, "log.format"),
+            (new.public_url != running.public_url, "public_url"),
+        ] {
+            if changed {
+                restart.push(key);
+            }
+        }
+        if applied.is_empty() && restart.is_empty() {
+            tracing::info!("SIGHUP: the configuration is unchanged");
+        }
+        if !applied.is_empty() {
+            tracing::info!("SIGHUP: applied {}", applied.join(", "));
+        }
+        if !restart.is_empty() {
+            tracing::warn!(
+                "SIGHUP: changed settings that take effect at the next start: {}; restart coffer                  (systemctl restart coffer) to apply them",
+                restart.join(", ")
+            );
+            // Kept as running, so the next SIGHUP names them again.
+        }
+        let mut next = new;
+        if !restart.is_empty() {
+            let keep = running.clone();
+            next.listen = keep.listen;
+            next.tls = keep.tls;
+            next.limits = crate::config::Limits {
+                device_requests_per_minute: next.limits.device_requests_per_minute,
+                ..keep.limits
+            };
+            next.auth = keep.auth;
+            next.pki = keep.pki;
+            next.argon2 = keep.argon2;
+            next.erp = keep.erp;
+            next.audit = keep.audit;
+            next.health = keep.health;
+            next.log.format = keep.log.format;
+            next.public_url = keep.public_url;
+        }
+        *running = next;
     }
 }
 
@@ -188,8 +301,8 @@ fn reload(why: &str, reloader: &crate::http::TlsReloader) {
 /// CRL once a day so that it never goes stale for TLS terminators that read it. Installed
 /// first thing in `serve` (SIGHUP's default action would end the process); the server it
 /// acts on is attached once it runs.
-fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<crate::http::TlsReloader>>> {
-    let target: Arc<std::sync::OnceLock<crate::http::TlsReloader>> = Arc::default();
+fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
+    let target: Arc<std::sync::OnceLock<Reloadable>> = Arc::default();
     let server = target.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -204,9 +317,9 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<crate::http::TlsRel
             };
             runtime.block_on(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let mut hup = match signal(SignalKind::hangup()) {
-                Ok(h) => h,
-                Err(e) => {
+            let (mut hup, mut term) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate())) {
+                (Ok(h), Ok(t)) => (h, t),
+                (Err(e), _) | (_, Err(e)) => {
                     let _ = tx.send(Err(e.to_string()));
                     return;
                 }
@@ -221,15 +334,31 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<crate::http::TlsRel
                             return;
                         }
                         match server.get() {
-                            Some(reloader) => reload("SIGHUP", reloader),
-                            None => eprintln!("SIGHUP during start-up: the certificate is loaded as the server starts"),
+                            Some(r) => {
+                                reload("SIGHUP", &r.tls);
+                                r.reload_config();
+                            }
+                            None => tracing::info!("SIGHUP during start-up: the certificate is loaded as the server starts"),
+                        }
+                    }
+                    got = term.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        // actix-server stops on the same signal; this only says so.
+                        if let Some(r) = server.get() {
+                            tracing::info!(
+                                "SIGTERM: no new connections; requests in flight may finish within {} s, then the \
+                                 rest are cut (an upload cut leaves nothing)",
+                                r.live.shutdown_grace_secs()
+                            );
                         }
                     }
                     _ = daily.tick() => {
-                        if let Some(reloader) = server.get()
-                            && let Err(e) = reloader.rewrite_crl()
+                        if let Some(r) = server.get()
+                            && let Err(e) = r.tls.rewrite_crl()
                         {
-                            eprintln!("warning: could not rewrite the CRL: {e}");
+                            tracing::warn!("could not rewrite the CRL: {e}");
                         }
                     }
                 }
@@ -238,13 +367,14 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<crate::http::TlsRel
         })?;
     match rx.recv() {
         Ok(Ok(())) => Ok(target),
-        Ok(Err(e)) => anyhow::bail!("cannot watch for SIGHUP: {e}"),
-        Err(_) => anyhow::bail!("cannot watch for SIGHUP"),
+        Ok(Err(e)) => anyhow::bail!("cannot watch for SIGHUP and SIGTERM: {e}"),
+        Err(_) => anyhow::bail!("cannot watch for SIGHUP and SIGTERM"),
     }
 }
 
 impl ServeCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
+        crate::telemetry::init(ctx.config.log.format, ctx.config.log.level);
         let signals = watch_signals()?;
         let paths = ctx.paths();
         // A development server listens on loopback unless told otherwise on its own command
@@ -282,7 +412,7 @@ impl ServeCmd {
                 Some(f) => crate::app::unlock::from_file(f)?,
                 None => dev::passphrase(&paths)?,
             };
-            eprintln!("warning: development mode: a development passphrase and demo credentials are in use");
+            tracing::warn!("development mode: a development passphrase and demo credentials are in use");
             let (vault, report) = dev::prepare(
                 &paths,
                 &passphrase,
@@ -291,19 +421,19 @@ impl ServeCmd {
                 ctx.config.pki,
             )?;
             if report.initialised {
-                eprintln!("created {} and {}", paths.keys_dir.display(), paths.data_dir.display());
+                tracing::info!("created {} and {}", paths.keys_dir.display(), paths.data_dir.display());
             }
             if report.issued_device {
-                eprintln!(
+                tracing::info!(
                     "wrote demo device credentials to {}",
                     dev::dev_dir(&paths).join(dev::CLIENT_CERT).display()
                 );
             }
             if !listen.ip().is_loopback() {
-                eprintln!("warning: the development server listens on {listen}, beyond this machine");
+                tracing::warn!("the development server listens on {listen}, beyond this machine");
             }
             if dev::seed_demo_record(&vault, &erp)? {
-                eprintln!(
+                tracing::info!(
                     "stored the demo ERP record {}/{}",
                     dev::DEMO_COLLECTION,
                     dev::DEMO_RECORD
@@ -323,10 +453,10 @@ impl ServeCmd {
             );
         }
         if days_left < 14 {
-            eprintln!("warning: the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
+            tracing::warn!("the server certificate expires in {days_left} day(s): run `coffer cert renew-server`");
         }
         warn_expiring_devices(&vault);
-        eprintln!("accepting connections from {allow}");
+        tracing::info!("accepting connections from {allow}");
         let options = ServerOptions {
             listen,
             tls_min: ctx.config.tls.min_version,
@@ -337,10 +467,12 @@ impl ServeCmd {
             allow,
             erp: erp.clone(),
             audit_retention_days: ctx.config.audit.retention_days,
+            health_listen: ctx.config.health.address()?,
+            min_server_cert_days: ctx.config.health.min_server_cert_days,
         };
         for name in erp.names() {
             if let Some(c) = erp.collection(name) {
-                eprintln!(
+                tracing::info!(
                     "erp: collection {name}: {}",
                     c.upstream_origin()
                         .map_or_else(|| "pushed records only".to_owned(), |o| format!("reads through {o}"))
@@ -352,10 +484,7 @@ impl ServeCmd {
         // socket file left by one that died is stale.
         let admin_listener = crate::admin::socket::bind(&paths.data_dir)?;
         if let Err(e) = vault.write_crl() {
-            eprintln!(
-                "warning: could not rewrite {}: {e}",
-                crate::app::pki::crl_path(&paths).display()
-            );
+            tracing::warn!("could not rewrite {}: {e}", crate::app::pki::crl_path(&paths).display());
         }
         let vault = Arc::new(vault);
         let server_vault = self.dev.then(|| vault.clone());
@@ -383,8 +512,17 @@ impl ServeCmd {
                 }
             })
         })?;
-        let _ = signals.set(reloader);
+        let _ = signals.set(Reloadable {
+            tls: reloader,
+            live: server.live(),
+            config_file: ctx.config_file.clone(),
+            running: std::sync::Mutex::new(ctx.config.clone()),
+            dev: self.dev,
+        });
         println!("coffer listening on {}", base_url(server.addr()));
+        if let Some(health) = server.health_addr() {
+            tracing::info!("health and metrics on http://{health} (/healthz, /readyz, /metrics)");
+        }
         if self.dev {
             let vault = server_vault.as_ref().ok_or_else(|| anyhow::anyhow!("no vault"))?;
             let profile = dev::write_profile(&paths, vault, &base_url(server.addr()), &ctx.config.auth.region)?;
@@ -405,6 +543,7 @@ impl ServeCmd {
         }
         drop(server_vault);
         server.wait()?;
+        tracing::info!("coffer stopped");
         Ok(())
     }
 }

@@ -228,12 +228,12 @@ impl Collection {
         log.0 = Some(now);
         drop(log);
         if more > 0 {
-            eprintln!(
+            tracing::warn!(
                 "erp: upstream of collection {} ({origin}) failed: {why} (and {more} more failure(s) since the last report)",
                 self.name
             );
         } else {
-            eprintln!("erp: upstream of collection {} ({origin}) failed: {why}", self.name);
+            tracing::warn!("erp: upstream of collection {} ({origin}) failed: {why}", self.name);
         }
     }
 
@@ -921,7 +921,7 @@ impl Erp {
             .await
             .unwrap_or_else(|_| Outcome::Internal("the upstream call panicked".into()));
             if let Outcome::Internal(why) = &outcome {
-                eprintln!("error: erp: collection {}: {why}", flight_key.0);
+                tracing::error!("erp: collection {}: {why}", flight_key.0);
             }
             let _ = tx.send(Some(Arc::new(outcome)));
         });

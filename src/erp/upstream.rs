@@ -145,8 +145,8 @@ fn warn_if_readable_by_others(path: &Path) {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
-        eprintln!(
-            "warning: {} can be read by other users: chmod 600 it (it holds an ERP credential)",
+        tracing::warn!(
+            "{} can be read by other users: chmod 600 it (it holds an ERP credential)",
             path.display()
         );
     }

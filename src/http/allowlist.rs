@@ -186,7 +186,7 @@ impl Refusals {
         let mut logged = self.logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (last_at, last_total) = *logged;
         if last_at.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-            eprintln!(
+            tracing::info!(
                 "{}, latest from {ip}; {} since the last such line, {total} since start",
                 self.what,
                 total - last_total

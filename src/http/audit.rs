@@ -20,7 +20,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, web};
 
 use super::State;
-use super::error::Problem;
+use super::error::{Problem, Reason};
 use crate::app::audit::AuditEvent;
 use crate::model::{DeviceId, Timestamp, UserId};
 
@@ -217,6 +217,17 @@ impl Drop for Pending {
 }
 
 impl Pending {
+    /// The request's id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Reads the device and user authentication noted, when asked (for the log line).
+    pub fn who_reader(&self) -> std::rc::Rc<dyn Fn() -> Option<AuditWho>> {
+        let slot = self.slot.clone();
+        std::rc::Rc::new(move || slot.0.borrow().who)
+    }
+
     fn record(&self, status: u16, outcome: String, who: Option<AuditWho>, target: Option<String>) {
         let Some(state) = &self.state else { return };
         let action = format!("{} {}", self.method, self.pattern);
@@ -272,12 +283,18 @@ pub fn begin(req: &ServiceRequest) -> Pending {
     }
 }
 
-/// After the handler: records the entry and returns the id in `X-Request-Id`.
-pub fn finish<B: MessageBody>(mut pending: Pending, res: &mut ServiceResponse<B>) {
+/// After the handler: records the entry and returns the id in `X-Request-Id`; returns
+/// the problem the request was refused with, if any.
+pub fn finish<B: MessageBody>(mut pending: Pending, res: &mut ServiceResponse<B>) -> Option<Reason> {
     pending.done = true;
     let status = res.status();
-    let outcome = match res.response().error().and_then(|e| e.as_error::<Problem>()) {
-        Some(p) => p.reason.slug().to_owned(),
+    let reason = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<Problem>())
+        .map(|p| p.reason);
+    let outcome = match reason {
+        Some(r) => r.slug().to_owned(),
         None if status.is_success() || status.is_redirection() => "ok".to_owned(),
         None => format!("http-{}", status.as_u16()),
     };
@@ -292,4 +309,5 @@ pub fn finish<B: MessageBody>(mut pending: Pending, res: &mut ServiceResponse<B>
     if let Ok(id) = HeaderValue::from_str(&pending.request_id) {
         res.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), id);
     }
+    reason
 }

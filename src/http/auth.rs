@@ -167,14 +167,16 @@ pub(crate) fn refuse(
 
 fn refuse_at(state: &State, origin: &Origin, device: Option<DeviceId>, problem: Problem, why: &str) -> Problem {
     state.limiter.fail(device, origin.ip);
-    let who = device.map_or_else(|| "-".to_owned(), |d| d.to_string());
-    let ip = origin.ip.map_or_else(|| "-".to_owned(), |i| i.to_string());
-    eprintln!(
-        "auth: refused {} {} {}: {} (device {who}, ip {ip})",
-        origin.method,
-        origin.path,
-        problem.reason.slug(),
-        why
+    // The request's own line (status, problem type, device, address) is written when it
+    // ends; this adds the finer reason, for chasing a client's fault.
+    tracing::debug!(
+        target: "coffer::auth",
+        method = %origin.method,
+        route = %origin.path,
+        problem = problem.reason.slug(),
+        device = device.map(|d| d.0),
+        ip = origin.ip.map(|i| i.to_string()),
+        "refused: {why}"
     );
     problem
 }
@@ -229,6 +231,18 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
         return Err(refuse(state, req, None, problem, why));
     }
     limited(Some(device.id))?;
+    if let Err(wait) = state.requests.attempt(device.id) {
+        return Err(Problem {
+            retry_after: Some(wait),
+            ..Problem::detail(
+                Reason::TooManyRequests,
+                format!(
+                    "this device made more than {} requests in a minute; retry in {wait} s",
+                    state.options.limits.device_requests_per_minute
+                ),
+            )
+        });
+    }
     let user = match state.vault.user(device.owner) {
         Ok(u) => u,
         Err(crate::app::VaultError::NotFound(_)) => {
@@ -520,7 +534,7 @@ impl Identified {
                     // Off the worker thread: a write transaction may wait for another commit.
                     drop(actix_web::rt::task::spawn_blocking(move || {
                         if let Err(e) = vault.touch_session(hash, now) {
-                            eprintln!("warning: cannot record a session's last use: {e}");
+                            tracing::warn!("cannot record a session's last use: {e}");
                         }
                     }));
                 }

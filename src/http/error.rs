@@ -93,6 +93,12 @@ pub enum Reason {
     /// Too many ERP calls are waiting (overall or for this device) and no cached copy is
     /// usable; retry after `Retry-After`.
     UpstreamBusy,
+    /// This device made more requests than `limits.device_requests_per_minute` allows;
+    /// retry after `Retry-After`.
+    TooManyRequests,
+    /// The server holds `limits.max_connections` connections already; this one is
+    /// answered and closed. Retry after `Retry-After`.
+    TooManyConnections,
     /// Anything else; details are logged, not returned.
     Internal,
 }
@@ -128,7 +134,8 @@ impl Reason {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyTransfers | Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::IntegrityError | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
@@ -177,6 +184,8 @@ impl Reason {
             Self::UpstreamFailed => "upstream-failed",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::UpstreamBusy => "upstream-busy",
+            Self::TooManyRequests => "too-many-requests",
+            Self::TooManyConnections => "too-many-connections",
             Self::Internal => "internal-error",
         }
     }
@@ -209,6 +218,7 @@ impl Reason {
                 | Self::TooManyEnrolments
                 | Self::PayloadTooLarge
                 | Self::RequestTimeout
+                | Self::TooManyConnections
         )
     }
 
@@ -252,8 +262,86 @@ impl Reason {
             Self::UpstreamFailed => "The ERP could not provide this record",
             Self::UpstreamTimeout => "The ERP did not answer in time",
             Self::UpstreamBusy => "Too many ERP calls are waiting",
+            Self::TooManyRequests => "Too many requests from this device",
+            Self::TooManyConnections => "The server has too many connections",
             Self::Internal => "Internal error",
         }
+    }
+
+    /// Every reason (for the API description's check and the docs).
+    pub const ALL: &'static [Reason] = &[
+        Self::ClientCertificateRequired,
+        Self::DeviceUnknown,
+        Self::DeviceRevoked,
+        Self::DeviceExpired,
+        Self::UserDisabled,
+        Self::SignatureRequired,
+        Self::SignatureInvalid,
+        Self::SignatureMismatch,
+        Self::AccessKeyMismatch,
+        Self::RequestTimeSkewed,
+        Self::SignedBeforeStart,
+        Self::Replayed,
+        Self::PayloadHashMismatch,
+        Self::SessionRequired,
+        Self::SessionInvalid,
+        Self::LoginFailed,
+        Self::TotpRequired,
+        Self::AccountLocked,
+        Self::TooManyAuthFailures,
+        Self::TooManyWrites,
+        Self::EnrolmentCodeInvalid,
+        Self::CsrInvalid,
+        Self::TooManyEnrolments,
+        Self::RoleNotPermitted,
+        Self::NotPermitted,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::InvalidRequest,
+        Self::PayloadTooLarge,
+        Self::RangeNotSatisfiable,
+        Self::RequestTimeout,
+        Self::TooManyTransfers,
+        Self::IntegrityError,
+        Self::Unavailable,
+        Self::UpstreamFailed,
+        Self::UpstreamTimeout,
+        Self::UpstreamBusy,
+        Self::TooManyRequests,
+        Self::TooManyConnections,
+        Self::Internal,
+    ];
+
+    /// Whether this is a refusal by authentication or authorisation (counted in the
+    /// `coffer_auth_rejections_total` metric by reason).
+    pub fn is_authentication(self) -> bool {
+        matches!(
+            self,
+            Self::ClientCertificateRequired
+                | Self::DeviceUnknown
+                | Self::DeviceRevoked
+                | Self::DeviceExpired
+                | Self::UserDisabled
+                | Self::SignatureRequired
+                | Self::SignatureInvalid
+                | Self::SignatureMismatch
+                | Self::AccessKeyMismatch
+                | Self::RequestTimeSkewed
+                | Self::SignedBeforeStart
+                | Self::Replayed
+                | Self::PayloadHashMismatch
+                | Self::SessionRequired
+                | Self::SessionInvalid
+                | Self::LoginFailed
+                | Self::TotpRequired
+                | Self::AccountLocked
+                | Self::TooManyAuthFailures
+                | Self::EnrolmentCodeInvalid
+                | Self::CsrInvalid
+                | Self::TooManyEnrolments
+                | Self::RoleNotPermitted
+                | Self::TooManyRequests
+        )
     }
 }
 
@@ -357,7 +445,7 @@ impl ResponseError for Problem {
             Some(secs) => {
                 res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
             }
-            None if self.reason == Reason::TooManyTransfers => {
+            None if matches!(self.reason, Reason::TooManyTransfers | Reason::TooManyConnections) => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             None => {}
@@ -374,21 +462,21 @@ impl From<VaultError> for Problem {
             VaultError::NotPermitted(m) => Self::detail(Reason::NotPermitted, m),
             VaultError::Store(StoreError::Busy) => Self::new(Reason::Unavailable),
             VaultError::Store(StoreError::Corrupt(what)) => {
-                eprintln!("error: stored {what} is unreadable");
+                tracing::error!("stored {what} is unreadable: run `coffer verify` and restore from a backup");
                 Self::detail(
                     Reason::IntegrityError,
                     "stored data is damaged; an administrator can restore it",
                 )
             }
             VaultError::Integrity { what, id } => {
-                eprintln!("error: integrity check failed for {what} {id}");
+                tracing::error!("integrity check failed for {what} {id}: run `coffer verify --deep`");
                 Self::detail(
                     Reason::IntegrityError,
                     format!("{what} {id} is damaged; an administrator can restore it"),
                 )
             }
             other => {
-                eprintln!("error: request failed: {other}");
+                tracing::error!("request failed: {other}");
                 Self::new(Reason::Internal)
             }
         }

@@ -22,6 +22,8 @@ pub enum Transfer {
 /// The slots of a server.
 #[derive(Debug)]
 pub struct Transfers {
+    max_uploads: u32,
+    max_downloads: u32,
     uploads: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
     per_device: Mutex<HashMap<DeviceId, u32>>,
@@ -41,6 +43,8 @@ impl Transfers {
     /// transfers of either kind per device.
     pub fn new(uploads: u32, downloads: u32, per_device: u32) -> Arc<Self> {
         Arc::new(Self {
+            max_uploads: uploads,
+            max_downloads: downloads,
             uploads: Arc::new(Semaphore::new(uploads as usize)),
             downloads: Arc::new(Semaphore::new(downloads as usize)),
             per_device: Mutex::new(HashMap::new()),
@@ -82,6 +86,15 @@ impl Transfers {
         }
     }
 
+    /// Transfers of `kind` in progress.
+    pub fn in_progress(&self, kind: Transfer) -> u32 {
+        let (max, semaphore) = match kind {
+            Transfer::Upload => (self.max_uploads, &self.uploads),
+            Transfer::Download => (self.max_downloads, &self.downloads),
+        };
+        max.saturating_sub(u32::try_from(semaphore.available_permits()).unwrap_or(u32::MAX))
+    }
+
     fn release(&self, device: DeviceId) {
         let mut counts = self
             .per_device
@@ -121,5 +134,48 @@ mod tests {
         let _d = t.begin(Transfer::Upload, DeviceId(3)).unwrap();
         // A refused request took nothing.
         assert_eq!(t.per_device.lock().unwrap().get(&DeviceId(3)), Some(&1));
+    }
+}
+
+/// Counts a server's open connections; a connection's [`Counted`] is held in its
+/// connection data and gives its place back when the connection ends.
+#[derive(Debug)]
+pub struct Connections {
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Connection data of a connection beyond `limits.max_connections`: each of its requests
+/// is answered `503 too-many-connections` and the connection closed.
+#[derive(Clone, Copy, Debug)]
+pub struct OverCapacity;
+
+/// One open connection's place in [`Connections`].
+#[derive(Debug)]
+pub struct Counted(Arc<Connections>);
+
+impl Connections {
+    /// Counts towards `max`, mirrored in `gauge`.
+    pub fn new(max: u32, gauge: prometheus_client::metrics::gauge::Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            max: max as usize,
+            gauge,
+        })
+    }
+
+    /// Counts a new connection; also says whether it is beyond the cap.
+    pub fn enter(self: &Arc<Self>) -> (Counted, bool) {
+        let n = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.gauge.inc();
+        (Counted(self.clone()), n > self.max)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.gauge.dec();
     }
 }

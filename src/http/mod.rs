@@ -5,7 +5,10 @@ pub mod allowlist;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod limits;
+pub mod metrics;
+mod observe;
 pub mod ratelimit;
 pub mod replay;
 mod routes;
@@ -44,6 +47,11 @@ pub struct ServerOptions {
     pub erp: crate::erp::Erp,
     /// Audit entries older than this many days are pruned (`audit.retention_days`).
     pub audit_retention_days: u32,
+    /// Address of the plain-HTTP health and metrics listener (`health.listen`); `None`:
+    /// none.
+    pub health_listen: Option<SocketAddr>,
+    /// `/readyz` fails when the server certificate expires within this many days.
+    pub min_server_cert_days: u32,
 }
 
 /// Shared by every handler.
@@ -58,6 +66,10 @@ pub struct State {
     pub auth: auth::AuthSettings,
     /// Authentication-failure budgets.
     pub limiter: ratelimit::AuthLimiter,
+    /// Request budgets per device (`limits.device_requests_per_minute`).
+    pub requests: ratelimit::RequestLimiter,
+    /// The server's metrics.
+    pub metrics: Arc<metrics::Metrics>,
     /// Enrolment attempts per address.
     pub enrolments: ratelimit::AttemptLimiter,
     /// Requests refused for want of a client certificate (counted, logged sparingly).
@@ -173,6 +185,42 @@ pub struct RunningServer {
     thread: std::thread::JoinHandle<std::io::Result<()>>,
     reloader: TlsReloader,
     refusals: Arc<allowlist::Refusals>,
+    health_addr: Option<SocketAddr>,
+    live: LiveSettings,
+}
+
+/// The settings of a running server that can change without a restart (SIGHUP).
+#[derive(Clone)]
+pub struct LiveSettings {
+    allow: Arc<std::sync::RwLock<Arc<allowlist::Allowlist>>>,
+    /// Weak: the state must drop with the server (its drop flushes the audit log).
+    state: std::sync::Weak<State>,
+    shutdown_grace_secs: u32,
+}
+
+impl std::fmt::Debug for LiveSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveSettings")
+    }
+}
+
+impl LiveSettings {
+    /// Replaces the allowlist for connections from now on (open ones stay).
+    pub fn set_allowlist(&self, allow: allowlist::Allowlist) {
+        *self.allow.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(allow);
+    }
+
+    /// Changes `limits.device_requests_per_minute`.
+    pub fn set_device_requests_per_minute(&self, per_minute: u32) {
+        if let Some(state) = self.state.upgrade() {
+            state.requests.set_per_minute(per_minute);
+        }
+    }
+
+    /// `limits.shutdown_grace_secs` of the running server.
+    pub fn shutdown_grace_secs(&self) -> u32 {
+        self.shutdown_grace_secs
+    }
 }
 
 /// Reloads the server certificate (from `keys/server.crt` and the server key in the
@@ -207,6 +255,16 @@ impl RunningServer {
     /// A handle that reloads the server certificate.
     pub fn reloader(&self) -> TlsReloader {
         self.reloader.clone()
+    }
+
+    /// What SIGHUP can change in this server.
+    pub fn live(&self) -> LiveSettings {
+        self.live.clone()
+    }
+
+    /// The address of the health and metrics listener, if there is one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// Connections closed by the allowlist since the start.
@@ -248,21 +306,35 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let tls = tls::server_config(&ca_der, cert.clone(), options.tls_min)?;
     let reloader = TlsReloader {
         vault: vault.clone(),
-        cert,
+        cert: cert.clone(),
     };
     let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServeError::Bind {
         addr: options.listen,
         source,
     })?;
     let addr = listener.local_addr()?;
+    let health_listener = match options.health_listen {
+        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|source| ServeError::Bind { addr: a, source })?),
+        None => None,
+    };
+    let health_addr = health_listener
+        .as_ref()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
     let l = &options.limits;
     let transfers = limits::Transfers::new(l.max_uploads, l.max_downloads, l.max_transfers_per_device);
     let workers = options
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
         .max(1);
-    // actix counts connections per worker.
-    let per_worker = (l.max_connections as usize).div_ceil(workers).max(1);
+    // Past `max_connections` a connection is still served, with `503
+    // too-many-connections` to each request; past `hard_cap` it is closed before TLS.
+    // actix's own cap (per worker: connections need not spread evenly) lies beyond both,
+    // so it never leaves connections waiting unanswered in the backlog.
+    let hard_cap = (l.max_connections as usize).saturating_mul(2).max(16);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let connections = limits::Connections::new(l.max_connections, metrics.open_connections.clone());
+    let grace = std::time::Duration::from_secs(u64::from(l.shutdown_grace_secs));
     let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
     // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
     // from the handler before the watchdog cuts the connection.
@@ -283,6 +355,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             max_future_write_secs: i64::from(a.max_future_write_secs),
         },
         limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
+        requests: ratelimit::RequestLimiter::new(l.device_requests_per_minute),
+        metrics: metrics.clone(),
         enrolments: ratelimit::AttemptLimiter::new(a.enrolments_per_ip_per_minute),
         anonymous_refusals: allowlist::Refusals::new(
             "auth: refused requests without a client certificate (client-certificate-required)",
@@ -304,13 +378,32 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let sweep_erp = options.erp.clone();
     let summary_state = state.clone();
     let audit_days = options.audit_retention_days;
-    let allow = Arc::new(options.allow.clone());
+    let allow = Arc::new(std::sync::RwLock::new(Arc::new(options.allow.clone())));
+    let live = LiveSettings {
+        allow: allow.clone(),
+        state: Arc::downgrade(&state.clone().into_inner()),
+        shutdown_grace_secs: options.limits.shutdown_grace_secs,
+    };
     let refusals = Arc::new(allowlist::Refusals::default());
     let pipeline_refusals = refusals.clone();
     let per_address = allowlist::PerAddress::new(options.limits.max_connections_per_ip);
     let crowded = Arc::new(allowlist::Refusals::new(
         "limits: closed a connection before TLS (limits.max_connections_per_ip reached)",
     ));
+    let flooded = Arc::new(allowlist::Refusals::new(
+        "limits: closed a connection before TLS (twice limits.max_connections open)",
+    ));
+    let tcp_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let health = health_listener.map(|l| {
+        (
+            l,
+            web::Data::new(health::Health {
+                state: state.clone(),
+                cert: cert.clone(),
+                min_cert_days: options.min_server_cert_days,
+            }),
+        )
+    });
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new().name("coffer-http".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -322,6 +415,10 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 let refusals = pipeline_refusals.clone();
                 let per_address = per_address.clone();
                 let crowded = crowded.clone();
+                let flooded = flooded.clone();
+                let tcp_open = tcp_open.clone();
+                let connections = connections.clone();
+                let metrics = metrics.clone();
                 let app = App::new()
                     .app_data(state)
                     // A request starting and ending is activity for the watchdog.
@@ -339,14 +436,30 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                             res
                         }
                     })
-                    // Outermost: every request gets an id and an audit entry, refusals too.
+                    // A connection beyond `limits.max_connections` gets its answer and is
+                    // closed.
                     .wrap_fn(|req, srv| {
+                        use futures_util::future::Either;
+                        if req.conn_data::<limits::OverCapacity>().is_some() {
+                            let problem = error::Problem::detail(
+                                error::Reason::TooManyConnections,
+                                "the server has too many open connections; retry shortly",
+                            );
+                            Either::Left(std::future::ready(Ok(req.error_response(problem))))
+                        } else {
+                            Either::Right(actix_web::dev::Service::call(srv, req))
+                        }
+                    })
+                    // Outermost: every request gets an id, an audit entry and a log line,
+                    // refusals too.
+                    .wrap_fn(|mut req, srv| {
                         let pending = audit::begin(&req);
+                        let observed = observe::begin(&mut req, pending.request_id().to_owned(), pending.who_reader());
                         let call = actix_web::dev::Service::call(srv, req);
                         async move {
                             let mut res = call.await?;
-                            audit::finish(pending, &mut res);
-                            Ok(res)
+                            let reason = audit::finish(pending, &mut res);
+                            Ok(observe::finish(observed, reason, res))
                         }
                     })
                     .configure(configure);
@@ -361,6 +474,11 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     .client_disconnect_timeout(std::time::Duration::from_secs(1))
                     .on_connect_ext(move |io: &TlsStream, ext| {
                         auth::on_connect(io, ext);
+                        let (counted, over) = connections.enter();
+                        ext.insert(std::rc::Rc::new(counted));
+                        if over {
+                            ext.insert(limits::OverCapacity);
+                        }
                         if let Some(watched) = watchdog.watch(io.get_ref().0) {
                             ext.insert(watched);
                         }
@@ -373,15 +491,34 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 // of the peer's address, held until the connection ends. A refused
                 // connection is dropped (closed) without a byte written.
                 actix_service::apply_fn_factory(http, move |io: actix_web::rt::net::TcpStream, http| {
+                    let refused = |reason: &'static str| {
+                        metrics
+                            .connections_refused
+                            .get_or_create(&metrics::ReasonLabels { reason })
+                            .inc();
+                    };
+                    let open = TcpSlot::enter(&tcp_open);
                     let admitted = match io.peer_addr() {
-                        Ok(peer) if !allow.allows(peer.ip()) => {
+                        Ok(peer)
+                            if !allow
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .allows(peer.ip()) =>
+                        {
                             refusals.record(peer.ip());
+                            refused("allowlist");
+                            None
+                        }
+                        Ok(peer) if open.count > hard_cap => {
+                            flooded.record(peer.ip());
+                            refused("capacity");
                             None
                         }
                         Ok(peer) => {
                             let slot = per_address.admit(peer.ip());
                             if slot.is_none() {
                                 crowded.record(peer.ip());
+                                refused("per_address");
                             }
                             slot
                         }
@@ -393,6 +530,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                             Some((slot, connection)) => {
                                 let result = connection.await;
                                 drop(slot);
+                                drop(open);
                                 result
                             }
                             None => Err(actix_tls::accept::TlsError::Tls(std::io::Error::other(
@@ -402,10 +540,25 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     }
                 })
             };
-            let server = actix_server::Server::build()
+            let builder = actix_server::Server::build()
                 .workers(workers)
-                .max_concurrent_connections(per_worker)
+                .max_concurrent_connections(hard_cap + 16)
+                // SIGTERM: stop accepting, let requests in flight finish this long.
+                .shutdown_timeout(grace.as_secs())
                 .listen("coffer-https", listener, factory);
+            let server = match (builder, health) {
+                (Ok(b), Some((health_listener, health))) => b.listen("coffer-health", health_listener, move || {
+                    let health = health.clone();
+                    let app = App::new().app_data(health).configure(health::configure);
+                    actix_http::HttpService::build()
+                        .client_request_timeout(std::time::Duration::from_secs(5))
+                        .finish(actix_service::map_config(app, |()| {
+                            actix_web::dev::AppConfig::default()
+                        }))
+                        .tcp()
+                }),
+                (b, _) => b,
+            };
             let server = match server {
                 Ok(s) => s.run(),
                 Err(e) => {
@@ -429,6 +582,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             not_before,
             reloader,
             refusals,
+            health_addr,
+            live,
         }),
         _ => match thread.join() {
             Ok(Err(e)) => Err(e.into()),
@@ -446,9 +601,9 @@ async fn sweep(vault: Arc<Vault>, erp: crate::erp::Erp) {
         let (v, e) = (vault.clone(), erp.clone());
         match web::block(move || e.sweep(&v, crate::model::Timestamp::now())).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => eprintln!("erp: purged {n} record(s) past their stale window"),
-            Ok(Err(e)) => eprintln!("warning: erp: the sweep failed: {e}"),
-            Err(_) => eprintln!("warning: erp: the sweep failed"),
+            Ok(Ok(n)) => tracing::info!("erp: purged {n} record(s) past their stale window"),
+            Ok(Err(e)) => tracing::warn!("erp: the sweep failed: {e}"),
+            Err(_) => tracing::warn!("erp: the sweep failed"),
         }
     }
 }
@@ -487,23 +642,45 @@ async fn prune_audit(vault: Arc<Vault>, days: u32) {
         match web::block(move || v.audit_prune(before)).await {
             Ok(Ok(r)) => {
                 if r.removed > 0 {
-                    eprintln!(
+                    tracing::info!(
                         "audit: pruned {} entries older than {days} days (the chain stays verifiable)",
                         r.removed
                     );
                 }
                 if let Some((seq, why)) = r.damage {
-                    eprintln!(
-                        "warning: audit: pruning stopped at entry {seq}: {why}; run `coffer audit verify` and compare \
+                    tracing::warn!(
+                        "audit: pruning stopped at entry {seq}: {why}; run `coffer audit verify` and compare \
                          with a backup"
                     );
                 }
             }
-            Ok(Err(e)) => eprintln!("warning: audit: pruning failed: {e}"),
-            Err(_) => eprintln!("warning: audit: pruning failed"),
+            Ok(Err(e)) => tracing::warn!("audit: pruning failed: {e}"),
+            Err(_) => tracing::warn!("audit: pruning failed"),
         }
     }
 }
 
 /// A TLS connection as the HTTP layer sees it.
 type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+
+/// A TCP connection counted from its accept (TLS handshake included) to its end.
+struct TcpSlot {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    count: usize,
+}
+
+impl TcpSlot {
+    fn enter(open: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        let count = open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Self {
+            open: open.clone(),
+            count,
+        }
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -119,6 +119,39 @@ impl AttemptLimiter {
     }
 }
 
+/// A budget of requests per device (every request counts), against one device flooding
+/// the server (`limits.device_requests_per_minute`).
+#[derive(Debug)]
+pub struct RequestLimiter {
+    devices: Mutex<Buckets<DeviceId>>,
+}
+
+impl RequestLimiter {
+    /// `per_minute` requests per device (burst and refill).
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            devices: Mutex::new(Buckets::new(per_minute)),
+        }
+    }
+
+    /// Changes the budget (SIGHUP); buckets keep their tokens, capped to the new size.
+    pub fn set_per_minute(&self, per_minute: u32) {
+        let mut devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        devices.per_minute = f64::from(per_minute.max(1));
+    }
+
+    /// Spends one request of `device`'s budget, or `Err(seconds to wait)` when it is empty.
+    pub fn attempt(&self, device: DeviceId) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if devices.tokens(&device, now) < 1.0 {
+            return Err(devices.wait_secs(&device, now));
+        }
+        devices.spend(device, now);
+        Ok(())
+    }
+}
+
 /// Failure budgets for devices and source addresses.
 #[derive(Debug)]
 pub struct AuthLimiter {

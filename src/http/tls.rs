@@ -71,6 +71,15 @@ impl ServerCert {
         Ok(())
     }
 
+    /// When the certificate in use expires (seconds since the epoch), if it parses.
+    pub fn not_after(&self) -> Option<i64> {
+        let key = self.get();
+        let der = key.cert.first()?;
+        crate::pki::cert_info(der.as_ref(), "server.crt")
+            .ok()
+            .map(|i| i.not_after)
+    }
+
     fn get(&self) -> Arc<CertifiedKey> {
         self.current
             .read()

@@ -275,6 +275,22 @@ impl Store {
         Ok(report)
     }
 
+    /// Proves the database takes a durable write now (for `/readyz`): the schema version
+    /// is written again, unchanged, and committed with an fsync. Nothing new is stored.
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        let txn = self.write(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get(SCHEMA_KEY)?.map(|v| v.value().to_vec());
+            let Some(version) = version else {
+                return Err(StoreError::Corrupt("schema version"));
+            };
+            meta.insert(SCHEMA_KEY, version.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// A consistent read-only view of the whole database.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {

@@ -629,6 +629,8 @@ pub fn isolate(cmd: &mut Command, cwd: &Path) {
     ] {
         cmd.env_remove(name);
     }
+    // Servers of parallel tests would all want 127.0.0.1:9464.
+    cmd.env("COFFER_HEALTH_LISTEN", "127.0.0.1:0");
     cmd.current_dir(cwd).stdin(Stdio::null());
 }
 

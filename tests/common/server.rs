@@ -29,6 +29,9 @@ pub fn test_options() -> ServerOptions {
             max_upload_bytes: 32 * 1024 * 1024,
             // The concurrency tests run 16 uploads from one member's devices at once.
             max_transfers_per_device: 6,
+            // Loops and concurrency tests make many requests per device; the per-device
+            // budget has its own tests.
+            device_requests_per_minute: 100_000,
             ..Default::default()
         },
         workers: Some(2),
@@ -42,6 +45,9 @@ pub fn test_options() -> ServerOptions {
         allow: coffer::http::allowlist::Allowlist::loopback(),
         erp: coffer::erp::Erp::default(),
         audit_retention_days: coffer::app::audit::DEFAULT_RETENTION_DAYS,
+        // Every test server has its health listener, on a free port.
+        health_listen: Some("127.0.0.1:0".parse().expect("address")),
+        min_server_cert_days: 14,
     }
 }
 

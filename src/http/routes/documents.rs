@@ -395,8 +395,8 @@ pub async fn list(
     })
     .await?;
     if !page.damaged.is_empty() {
-        eprintln!(
-            "warning: {} damaged document(s) left out of a listing; run `coffer key status`",
+        tracing::warn!(
+            "{} damaged document(s) left out of a listing; run `coffer key status`",
             page.damaged.len()
         );
     }
@@ -536,7 +536,7 @@ pub async fn download(
         let _slot = slot; // held until the last piece is handed over or the client is gone
         for piece in reader {
             let item = piece.map(Bytes::from).map_err(|e| {
-                eprintln!("error: download of {doc} stopped: {e}");
+                tracing::error!("download of {doc} stopped: {e}");
                 std::io::Error::other("integrity error")
             });
             let failed = item.is_err();

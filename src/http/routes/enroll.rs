@@ -94,15 +94,15 @@ pub async fn enroll(req: HttpRequest, payload: web::Payload, state: web::Data<St
                     (Problem::from(e), why)
                 }
                 EnrolError::Pki(e) => {
-                    eprintln!("error: enrolment failed: {e}");
+                    tracing::error!("enrolment failed: {e}");
                     (Problem::new(Reason::Internal), "internal error".to_owned())
                 }
             };
-            eprintln!("enrol: refused an attempt from {shown_ip}: {why}");
+            tracing::info!("enrol: refused an attempt from {shown_ip}: {why}");
             return Err(problem);
         }
     };
-    eprintln!(
+    tracing::info!(
         "enrol: device {} {} from {shown_ip}",
         enrolled.device.id,
         if enrolled.renewed { "renewed" } else { "enrolled" }

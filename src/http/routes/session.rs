@@ -98,7 +98,7 @@ pub async fn login(
     let id = caller.device.id;
     match outcome {
         Ok(session) => {
-            eprintln!("auth: login ok (user {}, device {id}, ip {ip})", session.user);
+            tracing::info!("auth: login ok (user {}, device {id}, ip {ip})", session.user);
             Ok(HttpResponse::Ok()
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .json(SessionJson {
@@ -114,7 +114,7 @@ pub async fn login(
             "login failed",
         )),
         Err(LoginError::TotpRequired) => {
-            eprintln!("auth: login needs a one-time code (device {id}, ip {ip})");
+            tracing::info!("auth: login needs a one-time code (device {id}, ip {ip})");
             Err(Problem::detail(
                 Reason::TotpRequired,
                 "send the current code of the authenticator app as \"totp\"",
@@ -155,9 +155,10 @@ pub async fn logout(caller: Caller, req: HttpRequest, state: web::Data<State>) -
             .await
             .map_err(|_| Problem::new(Reason::Internal))??;
         let ip = req.peer_addr().map_or_else(|| "-".to_owned(), |a| a.ip().to_string());
-        eprintln!(
+        tracing::info!(
             "auth: logout (user {}, device {}, ip {ip})",
-            caller.user.id, caller.device.id
+            caller.user.id,
+            caller.device.id
         );
     }
     Ok(HttpResponse::NoContent().finish())
