@@ -22,6 +22,12 @@ fn main() {
 
 /// `<commit>[-dirty], <commit date>`, watching the files that change it; `None` without git.
 fn git_revision() -> Option<String> {
+    // A tarball unpacked inside some other repository must not report that one's commit.
+    let top = std::fs::canonicalize(git(&["rev-parse", "--show-toplevel"])?).ok()?;
+    let here = std::fs::canonicalize(std::env::var_os("CARGO_MANIFEST_DIR")?).ok()?;
+    if top != here {
+        return None;
+    }
     let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     // Worktrees and packed refs keep these files in different places: ask git where.
     let mut watched = vec!["HEAD".to_owned(), "index".to_owned(), "packed-refs".to_owned()];
