@@ -7,7 +7,10 @@
 //! an enrolment code) are the executing side's: the server's configuration while it
 //! runs, the CLI's otherwise.
 
+mod report;
 pub mod socket;
+
+pub use report::describe;
 
 use std::path::Path;
 
@@ -354,7 +357,7 @@ struct Envelope<T> {
 
 fn parse_device(id: &str) -> anyhow::Result<DeviceId> {
     id.parse()
-        .map_err(|_| anyhow::anyhow!("{id:?} is not a device id (see `coffer device list`)"))
+        .map_err(|_| anyhow::anyhow!("{id:?} is not a device id: copy it from `coffer device list`"))
 }
 
 fn device_row(vault: &Vault, d: &DeviceInfo) -> DeviceRow {
@@ -386,15 +389,17 @@ fn user_row(u: &UserInfo) -> UserRow {
 }
 
 fn find_user(vault: &Vault, name: &str) -> anyhow::Result<UserInfo> {
-    vault
-        .user_by_name(name)?
-        .ok_or_else(|| anyhow::anyhow!("no user named {name:?} (see `coffer user list`)"))
+    vault.user_by_name(name)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no user named {name:?}: check the name with `coffer user list`, or add the user with `coffer user add`"
+        )
+    })
 }
 
 fn find_device(vault: &Vault, id: DeviceId) -> anyhow::Result<DeviceInfo> {
     vault
         .device(id)
-        .map_err(|_| anyhow::anyhow!("no device {id} (see `coffer device list`)"))
+        .map_err(|_| anyhow::anyhow!("no device {id}: check the id with `coffer device list`"))
 }
 
 fn enrolment_out(
@@ -421,7 +426,7 @@ fn issued_out(vault: &Vault, settings: &Settings, issued: crate::app::pki::Issue
         .body
         .signing_secret
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("the device has no signing secret"))?;
+        .ok_or_else(|| anyhow::anyhow!("the device has no signing secret: revoke it and issue a new one"))?;
     Ok(IssuedOut {
         device: device_row(vault, &issued.device),
         cert_pem: to_pem(&issued.cert_der),
@@ -494,13 +499,20 @@ fn run(
             let hash = settings
                 .argon2
                 .hash_password(&Passphrase::new(password.expose().to_owned()))?;
-            let user = vault.add_user(UserBody {
-                name,
-                role,
-                password_hash: hash,
-                disabled: false,
-                totp: None,
-            })?;
+            let user = vault
+                .add_user(UserBody {
+                    name: name.clone(),
+                    role,
+                    password_hash: hash,
+                    disabled: false,
+                    totp: None,
+                })
+                .map_err(|e| match e {
+                    crate::app::VaultError::Store(crate::store::StoreError::Conflict(_)) => anyhow::anyhow!(
+                        "a user named {name:?} already exists: choose another name (see `coffer user list`)"
+                    ),
+                    e => e.into(),
+                })?;
             Response::User(user_row(&user))
         }
         Request::UserList => {
@@ -761,9 +773,7 @@ pub fn serve_frame(
         }
     };
     let result = match serde_json::from_slice::<Envelope<Request>>(&frame) {
-        Ok(e) if e.protocol == PROTOCOL => {
-            execute(vault, settings, e.body, &mut progress).map_err(|e| format!("{e:#}"))
-        }
+        Ok(e) if e.protocol == PROTOCOL => execute(vault, settings, e.body, &mut progress).map_err(|e| describe(&e)),
         Ok(e) => Err(format!(
             "this server speaks admin protocol {PROTOCOL}, the command {}: run the same coffer version",
             e.protocol

@@ -77,7 +77,10 @@ pub enum SocketError {
     #[error("cannot start the admin socket thread: {0}")]
     Spawn(#[source] io::Error),
     /// Connecting failed for a reason other than "no server is listening".
-    #[error("cannot connect to the admin socket {0}: {1}")]
+    #[error(
+        "cannot connect to the admin socket {0}: {1}; run admin commands as the user running coffer serve, \
+         and see the server's log"
+    )]
     Connect(PathBuf, #[source] io::Error),
     /// The process listening on the socket runs as another user.
     #[error(
@@ -85,7 +88,7 @@ pub enum SocketError {
     )]
     PeerRefused(PathBuf, u32, u32),
     /// A frame is larger than [`MAX_FRAME`].
-    #[error("admin frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    #[error("admin frame of {0} bytes exceeds the {MAX_FRAME}-byte limit; run the same coffer version as the server")]
     FrameTooLarge(usize),
     /// The server closed the connection before answering.
     #[error("coffer serve closed the admin connection on {0} before answering; see the server's log")]

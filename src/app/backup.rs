@@ -49,6 +49,7 @@ pub enum BackupError {
         /// The file.
         path: String,
         /// Why.
+        #[source]
         error: std::io::Error,
     },
     /// The destination exists.
@@ -92,7 +93,10 @@ pub enum BackupError {
     )]
     Truncated(u64),
     /// Bytes follow the last frame.
-    #[error("the backup has unexpected bytes after its last frame at byte {0}; nothing was restored")]
+    #[error(
+        "the backup has unexpected bytes after its last frame at byte {0}; nothing was restored, use a \
+         complete, unaltered copy"
+    )]
     Trailing(u64),
     /// The backup's objects are wrapped under a version the key file no longer holds.
     #[error(
@@ -104,14 +108,14 @@ pub enum BackupError {
     /// The file changed between verification and rebuilding.
     #[error(
         "the backup file changed while it was being restored (another backup was put in its place); nothing was \
-         restored"
+         restored: leave the file alone and restore again"
     )]
     Changed,
     /// Refused destination.
     #[error("{0}")]
     Refused(String),
     /// The content authenticates but is not a coffer database this version can restore.
-    #[error("the backup's content is inconsistent ({0}); nothing was restored")]
+    #[error("the backup's content is inconsistent ({0}); nothing was restored: retry, or restore another backup")]
     Inconsistent(String),
     /// `*.pre-restore` exists already.
     #[error("{0} exists (kept by an earlier restore): move it away or delete it, then restore again")]

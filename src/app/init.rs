@@ -11,7 +11,10 @@ use crate::store::{Store, StoreError, StoreOptions};
 #[non_exhaustive]
 pub enum InitError {
     /// A key file is already there; overwriting it would lose every key.
-    #[error("{0} already exists: refusing to overwrite a key file (it is the only way to read the data)")]
+    #[error(
+        "{0} already exists: refusing to overwrite a key file (it is the only way to read the data); \
+         choose another --keys-dir, or move that directory away first if you mean to start over"
+    )]
     KeyFileExists(String),
     /// A database is already there, sealed under keys this init does not have.
     #[error("{0} already exists: move it away or choose another --data-dir")]

@@ -66,7 +66,10 @@ pub enum UnlockError {
         source: std::io::Error,
     },
     /// The passphrase is wrong (or the key file was altered).
-    #[error("wrong passphrase for {0} (nothing was changed)")]
+    #[error(
+        "wrong passphrase for {0} (nothing was changed): check the passphrase (or the file that \
+         --passphrase-file or COFFER_PASSPHRASE_FILE names) and retry"
+    )]
     WrongPassphrase(String),
     /// The key file is damaged or of another format.
     #[error("{path}: {source}")]
@@ -201,7 +204,10 @@ pub enum VaultError {
         id: String,
     },
     /// A record refers to a master key version the keyring no longer holds.
-    #[error("{what} {id} is wrapped under master key version {version}, which the key file does not hold")]
+    #[error(
+        "{what} {id} is wrapped under master key version {version}, which the key file does not hold: \
+         check --keys-dir, or restore it from a backup (`coffer restore FILE`)"
+    )]
     MissingKeyVersion {
         /// Kind of object.
         what: &'static str,

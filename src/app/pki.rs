@@ -56,7 +56,10 @@ fn secret_aad(slot: u128) -> Vec<u8> {
 #[non_exhaustive]
 pub enum PkiFileError {
     /// A file is missing or unreadable.
-    #[error("cannot read {path}: {source} (was this keys directory made by `coffer init`?)")]
+    #[error(
+        "cannot read {path}: {source}; check --keys-dir (the directory `coffer init` made), or put the file \
+         back from your copy of it"
+    )]
     Read {
         /// The file.
         path: String,

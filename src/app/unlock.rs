@@ -35,16 +35,19 @@ pub enum PassphraseError {
     )]
     Unavailable,
     /// The passphrase is empty.
-    #[error("the passphrase is empty")]
+    #[error(
+        "the passphrase is empty: give the key file's passphrase (a passphrase file holds it alone, with at \
+         most one trailing newline)"
+    )]
     Empty,
     /// A new passphrase is too short.
     #[error("the new passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters")]
     TooShort,
     /// The two entries of a new passphrase differ.
-    #[error("the two passphrases do not match; nothing was changed")]
+    #[error("the two passphrases do not match; nothing was changed: run the command again and type the same one twice")]
     Mismatch,
     /// Reading from the terminal failed.
-    #[error("cannot read the passphrase from the terminal: {0}")]
+    #[error("cannot read the passphrase from the terminal: {0}; pass --passphrase-file FILE instead")]
     Prompt(std::io::Error),
 }
 

@@ -42,7 +42,7 @@ impl AuditCmd {
                 let answer = ctx.admin_with(Request::AuditVerify, &mut |d, _| bar.update(d, 0))?;
                 bar.finish();
                 let Response::AuditCheck(c) = answer else {
-                    anyhow::bail!("unexpected answer to audit verify");
+                    return Err(super::unexpected("audit verify"));
                 };
                 if let Some((seq, why)) = c.broken {
                     anyhow::bail!(
@@ -75,15 +75,17 @@ impl AuditCmd {
                         Ok(id) => id,
                         Err(_) => {
                             let Response::Users(users) = ctx.admin(Request::UserList)? else {
-                                anyhow::bail!("unexpected answer to user list");
+                                return Err(super::unexpected("user list"));
                             };
                             let row = users
                                 .into_iter()
                                 .find(|r| r.name == u)
                                 .ok_or_else(|| anyhow::anyhow!("no user named {u:?} (see `coffer user list`)"))?;
-                            row.id
-                                .parse()
-                                .map_err(|_| anyhow::anyhow!("user {u:?} has an unreadable id"))?
+                            row.id.parse().map_err(|_| {
+                                anyhow::anyhow!(
+                                    "user {u:?} has an unreadable id: check the database with `coffer verify`"
+                                )
+                            })?
                         }
                     }),
                 };
@@ -124,7 +126,7 @@ impl AuditCmd {
                             continuation: from > 0,
                         };
                         let Response::AuditPage(records, next) = ctx.admin(Request::AuditExport(filter))? else {
-                            anyhow::bail!("unexpected answer to audit export");
+                            return Err(super::unexpected("audit export"));
                         };
                         for r in &records {
                             serde_json::to_writer(&mut out, r)?;

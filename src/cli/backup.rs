@@ -34,7 +34,7 @@ impl BackupCmd {
         )?;
         bar.finish();
         let Response::Backup(b) = answer else {
-            anyhow::bail!("unexpected answer to backup");
+            return Err(super::unexpected("backup"));
         };
         println!("backup written to {}: {}", b.path, b.summary);
         println!(
@@ -67,6 +67,15 @@ impl RestoreCmd {
                 "coffer serve is running on {}: stop it first (e.g. `systemctl stop coffer`), restore, then start it \
                  again (to try a backup while it serves, use `coffer restore --check`)",
                 paths.data_dir.display()
+            );
+        }
+        // Before the passphrase is asked for: a mistyped name is the likelier mistake.
+        if let Err(e) = std::fs::metadata(&self.file)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            anyhow::bail!(
+                "no backup file at {}: check the path (backups are the files `coffer backup --out FILE` wrote)",
+                self.file.display()
             );
         }
         let passphrase = ctx.passphrase()?;

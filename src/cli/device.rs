@@ -27,6 +27,7 @@ pub enum DeviceCmd {
     /// Revoke a device: refused from its next request, listed in keys/crl.pem.
     Revoke {
         /// The device id (see `coffer device list`).
+        #[arg(value_parser = parse_device_id)]
         id: DeviceId,
     },
     /// Renew a device's certificate, keeping its id: by default a renewal code with which
@@ -53,6 +54,7 @@ pub struct EnrollCmd {
 #[derive(Debug, Args)]
 pub struct RenewCmd {
     /// The device id (see `coffer device list`).
+    #[arg(value_parser = parse_device_id)]
     id: DeviceId,
     /// How long the renewal code works: 90s, 30m, 24h, 7d.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_ttl)]
@@ -72,12 +74,18 @@ pub struct RenewCmd {
     legacy_p12: bool,
 }
 
+/// A device id as `coffer device list` prints it.
+fn parse_device_id(text: &str) -> Result<DeviceId, String> {
+    text.parse()
+        .map_err(|_| "not a device id (32 hexadecimal characters): copy it from `coffer device list`".to_owned())
+}
+
 /// An enrolment code's lifetime: a duration (`90s`, `30m`, `24h`, `7d`) within
 /// [`crate::app::enrol::CODE_TTL_RANGE`].
 fn parse_ttl(text: &str) -> Result<u64, String> {
     let secs = crate::config::parse_duration(text)?;
     if !crate::app::enrol::CODE_TTL_RANGE.contains(&secs) {
-        return Err("a code lives 1 minute to 30 days".into());
+        return Err("a code lives 1 minute to 30 days: use e.g. 30m, 24h or 7d".into());
     }
     Ok(secs)
 }
@@ -152,7 +160,8 @@ fn p12_password(file: Option<&Path>) -> anyhow::Result<crate::secret::Passphrase
             crate::secret::Passphrase::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
         }
     };
-    std::str::from_utf8(password.expose()).context("the PKCS#12 password must be UTF-8")?;
+    std::str::from_utf8(password.expose())
+        .context("the PKCS#12 password must be UTF-8: save the password file as UTF-8")?;
     if password.char_count() < super::user::MIN_PASSWORD_CHARS {
         anyhow::bail!(
             "the PKCS#12 password is too short: use at least {} characters (it protects the device key)",
@@ -187,7 +196,10 @@ fn prepare_out(out: &Path) -> anyhow::Result<()> {
         Ok(meta) => {
             use std::os::unix::fs::{MetadataExt, PermissionsExt};
             if !meta.is_dir() {
-                anyhow::bail!("{} exists and is not a directory", out.display());
+                anyhow::bail!(
+                    "{} exists and is not a directory: choose a directory for --out",
+                    out.display()
+                );
             }
             if meta.uid() != rustix::process::geteuid().as_raw() || meta.permissions().mode() & 0o022 != 0 {
                 anyhow::bail!(
@@ -272,7 +284,7 @@ impl IssueCmd {
             name: self.name,
         })?
         else {
-            anyhow::bail!("unexpected answer to `device issue`");
+            return Err(super::unexpected("`device issue`"));
         };
         let written = prepare_out(&self.out).and_then(|()| {
             write_issued(
@@ -289,7 +301,10 @@ impl IssueCmd {
             let _ = ctx.admin(Request::DeviceRevoke {
                 id: issued.device.id.clone(),
             });
-            return Err(e.context("the device was revoked again; fix the problem and issue a new one"));
+            return Err(e.context(
+                "the device files could not be written, so the device was revoked again (issue a new one once \
+                 the cause that follows is fixed)",
+            ));
         }
         println!(
             "issued device {} for {} ({})",
@@ -357,7 +372,7 @@ impl DeviceCmd {
                     ttl_secs: cmd.ttl,
                 })?
                 else {
-                    anyhow::bail!("unexpected answer to `device enroll`");
+                    return Err(super::unexpected("`device enroll`"));
                 };
                 print_enrolment(&e, cmd.json)?;
             }
@@ -371,18 +386,14 @@ impl DeviceCmd {
                         new_key: true,
                     })?
                     else {
-                        anyhow::bail!("unexpected answer to `device renew`");
+                        return Err(super::unexpected("`device renew`"));
                     };
                     prepare_out(out)
-                        .and_then(|()| write_issued(
-                        ctx,
-                        &issued,
-                        out,
-                        &password,
-                        cmd.legacy_p12,
-                        None,
-                    ))
-                    .context("the device was renewed but its files could not be written: run `coffer device renew` again")?;
+                        .and_then(|()| write_issued(ctx, &issued, out, &password, cmd.legacy_p12, None))
+                        .context(
+                            "the device was renewed but its files could not be written (run `coffer device renew` \
+                             again once the cause that follows is fixed)",
+                        )?;
                     println!(
                         "renewed device {} of {} with a new key; its old certificate is revoked (keys/crl.pem)",
                         issued.device.id, issued.device.user
@@ -396,14 +407,14 @@ impl DeviceCmd {
                         new_key: false,
                     })?
                     else {
-                        anyhow::bail!("unexpected answer to `device renew`");
+                        return Err(super::unexpected("`device renew`"));
                     };
                     print_enrolment(&e, cmd.json)?;
                 }
             },
             Self::List => {
                 let Response::Devices(devices) = ctx.admin(Request::DeviceList)? else {
-                    anyhow::bail!("unexpected answer to `device list`");
+                    return Err(super::unexpected("`device list`"));
                 };
                 println!("{:<32} {:<16} {:<8} {:<10} name", "id", "user", "status", "expires");
                 for d in devices {
@@ -419,7 +430,7 @@ impl DeviceCmd {
             }
             Self::Revoke { id } => {
                 let Response::Revoked(d, listed) = ctx.admin(Request::DeviceRevoke { id: id.to_string() })? else {
-                    anyhow::bail!("unexpected answer to `device revoke`");
+                    return Err(super::unexpected("`device revoke`"));
                 };
                 println!(
                     "revoked device {} ({}): refused from its next request; keys/crl.pem lists {listed} certificate(s)",

@@ -84,11 +84,11 @@ impl ErpCmd {
             Self::Stats { json } => match ctx.admin(Request::ErpStats)? {
                 Response::ErpStats(rows) if json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Response::ErpStats(rows) => print!("{}", table(&rows)),
-                _ => anyhow::bail!("unexpected answer to erp stats: run the same coffer version as the server"),
+                _ => return Err(super::unexpected("erp stats")),
             },
             Self::Purge { collection, key } => match ctx.admin(Request::ErpPurge { collection, key })? {
                 Response::Done(text) => println!("{text}"),
-                _ => anyhow::bail!("unexpected answer to erp purge: run the same coffer version as the server"),
+                _ => return Err(super::unexpected("erp purge")),
             },
         }
         Ok(())

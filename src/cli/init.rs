@@ -22,11 +22,8 @@ pub struct InitCmd {
 impl InitCmd {
     pub(super) fn run(self, ctx: &Context) -> anyhow::Result<()> {
         let params = self.kdf.params(ctx)?;
-        let sans = if self.sans.is_empty() {
-            eprintln!(
-                "note: no --san given: the server certificate names localhost, 127.0.0.1 and ::1 only; \
-                 run `coffer cert renew-server --san NAME` before phones connect"
-            );
+        let defaulted = self.sans.is_empty();
+        let sans = if defaulted {
             ["localhost", "127.0.0.1", "::1"]
                 .iter()
                 .filter_map(|s| s.parse().ok())
@@ -42,6 +39,13 @@ impl InitCmd {
             server_days: ctx.config.pki.server_days,
         };
         init_with_pki(&paths, &passphrase, params, ctx.store_options(), &plan)?;
+        if defaulted {
+            // After the fact: a failed init has no certificate to warn about.
+            eprintln!(
+                "note: no --san given: the server certificate names localhost, 127.0.0.1 and ::1 only; \
+                 run `coffer cert renew-server --san NAME` before phones connect"
+            );
+        }
         println!("created {}", paths.key_file().display());
         println!("created {}", paths.database().display());
         println!(

@@ -63,7 +63,7 @@ impl KeyCmd {
             Self::Rotate => {
                 let bar = Bar::new("rewrapping keys", false);
                 let Response::Rotated(r) = ctx.admin_with(Request::KeyRotate, &mut |n, _| bar.update(n, 0))? else {
-                    anyhow::bail!("unexpected answer to key rotate");
+                    return Err(super::unexpected("key rotate"));
                 };
                 bar.finish();
                 if r.resumed {
@@ -95,7 +95,7 @@ impl KeyCmd {
             }
             Self::Status => {
                 let Response::KeyStatus(out) = ctx.admin(Request::KeyStatus)? else {
-                    anyhow::bail!("unexpected answer to key status");
+                    return Err(super::unexpected("key status"));
                 };
                 let s = out.status;
                 println!(

@@ -4,6 +4,7 @@ mod audit;
 mod backup;
 mod client;
 mod compact;
+mod completions;
 mod config;
 mod device;
 mod erp;
@@ -21,16 +22,20 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{Paths, UnlockError, Vault};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::crypto::kdf::KdfParams;
 use crate::store::StoreOptions;
 
 /// Exit code for a wrong passphrase (and for usage errors, as clap does).
 pub const EXIT_WRONG_PASSPHRASE: u8 = 2;
 
+/// What `coffer --version` prints after the name: the crate version and the git revision
+/// it was built from (see build.rs), e.g. `0.1.0 (git 1a2b3c4d5e6f, 2026-11-29)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("COFFER_GIT_REV"), ")");
+
 /// coffer: encrypted document and ERP-record store for the company's mobile app.
 #[derive(Debug, Parser)]
-#[command(name = "coffer", version, about)]
+#[command(name = "coffer", version = VERSION, about)]
 pub struct Cli {
     /// Options every subcommand shares.
     #[command(flatten)]
@@ -65,7 +70,8 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// Defaults → file → environment → these flags, validated.
     fn context(&self) -> anyhow::Result<Context> {
-        let (mut config, file) = Config::load(self.config.as_deref(), |k| std::env::var(k).ok())?;
+        let (mut config, file) =
+            Config::load(self.config.as_deref(), |k| std::env::var(k).ok()).map_err(with_config_hint)?;
         if let Some(d) = &self.data_dir {
             config.data_dir = d.clone();
         }
@@ -81,6 +87,19 @@ impl GlobalArgs {
             config_file: file,
             passphrase_file: self.passphrase_file.clone(),
         })
+    }
+}
+
+/// A configuration error with the next step where its message names only the problem
+/// (the others say what is accepted, or end with an operating-system error that
+/// [`crate::admin::describe`] explains).
+fn with_config_hint(e: ConfigError) -> anyhow::Error {
+    match e {
+        ConfigError::Parse { .. } => {
+            anyhow::anyhow!("{e}; fix the file there and retry (`coffer config check` validates it)")
+        }
+        ConfigError::Env { .. } => anyhow::anyhow!("{e}; fix or unset the variable and retry"),
+        e => e.into(),
     }
 }
 
@@ -287,7 +306,22 @@ pub enum Command {
     /// The reference client: sign requests with a device profile, log in, upload and
     /// download documents.
     Client(client::ClientCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard
+    /// output.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(completions::CompletionsCmd),
 }
+
+/// Installing the completion scripts, shown by `coffer completions --help`.
+const COMPLETIONS_HELP: &str = "\
+Examples:
+  coffer completions bash > /etc/bash_completion.d/coffer
+  coffer completions bash > ~/.local/share/bash-completion/completions/coffer
+  coffer completions zsh > ~/.zfunc/_coffer    (with fpath+=(~/.zfunc) before compinit in ~/.zshrc)
+  coffer completions fish > ~/.config/fish/completions/coffer.fish
+  coffer completions powershell >> $PROFILE
+
+Open a new shell afterwards. No configuration, passphrase or data directory is needed.";
 
 impl Command {
     /// The subcommand as typed, for messages about which process holds the database.
@@ -308,11 +342,13 @@ impl Command {
             Self::Verify(_) => "coffer verify",
             Self::Audit(_) => "coffer audit",
             Self::Client(_) => "coffer client",
+            Self::Completions(_) => "coffer completions",
         }
     }
 }
 
-/// Runs a parsed command line; prints a one-line error on failure.
+/// Runs a parsed command line; prints a one-line error on failure: `error: ` and the
+/// message, its causes, and what to do next.
 pub fn run(cli: Cli) -> ExitCode {
     harden_process();
     crate::app::set_process_name(cli.command.name());
@@ -321,6 +357,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(cmd) => cmd.run(&cli.global),
         // The client needs no coffer on this machine, only its profile.
         Command::Client(cmd) => cmd.run(),
+        // Completions describe the command line only.
+        Command::Completions(cmd) => cmd.run(),
         command => cli.global.context().and_then(|ctx| match command {
             Command::Init(cmd) => cmd.run(&ctx),
             Command::Key(cmd) => cmd.run(&ctx),
@@ -335,19 +373,24 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Restore(cmd) => cmd.run(&ctx),
             Command::Verify(cmd) => cmd.run(&ctx),
             Command::Audit(cmd) => cmd.run(&ctx),
-            Command::Config(_) | Command::Client(_) => Ok(()),
+            Command::Config(_) | Command::Client(_) | Command::Completions(_) => Ok(()),
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::admin::describe(&e));
             let wrong = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref::<UnlockError>(), Some(UnlockError::WrongPassphrase(_))));
             ExitCode::from(if wrong { EXIT_WRONG_PASSPHRASE } else { 1 })
         }
     }
+}
+
+/// The error for an admin answer of the wrong kind: the server runs another coffer version.
+fn unexpected(request: &str) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer to {request}: run the same coffer version as the server")
 }
 
 /// Keeps key material out of core dumps: no core file, and not dumpable (which also

@@ -80,7 +80,7 @@ impl CertCmd {
             finished_rotation,
         } = ctx.admin(request)?
         else {
-            anyhow::bail!("unexpected answer to `coffer cert`");
+            return Err(super::unexpected("`coffer cert`"));
         };
         let path = crate::app::pki::server_cert_path(&ctx.paths());
         if let Some([current, next]) = &finished_rotation {

@@ -76,7 +76,9 @@ fn read_password(file: Option<&std::path::Path>) -> anyhow::Result<Passphrase> {
             let a = Passphrase::new(rpassword::prompt_password("password: ")?);
             let b = Passphrase::new(rpassword::prompt_password("repeat it: ")?);
             if a.expose() != b.expose() {
-                anyhow::bail!("the two passwords do not match; nothing was changed");
+                anyhow::bail!(
+                    "the two passwords do not match; nothing was changed: run the command again and type the same one twice"
+                );
             }
             a
         }
@@ -94,7 +96,7 @@ impl UserCmd {
             Self::Add(cmd) => {
                 let password = read_password(cmd.password_file.as_deref())?;
                 let password = std::str::from_utf8(password.expose())
-                    .map_err(|_| anyhow::anyhow!("the password must be UTF-8 text"))?
+                    .map_err(|_| anyhow::anyhow!("the password must be UTF-8 text: save the password file as UTF-8"))?
                     .to_owned();
                 Request::UserAdd {
                     name: cmd.name,
@@ -128,7 +130,7 @@ impl UserCmd {
                 println!("(shown once; run this again to replace it, or with --disable to remove it)");
             }
             Response::Done(text) => println!("{text}"),
-            other => anyhow::bail!("unexpected answer from the server: {other:?}"),
+            _ => return Err(super::unexpected("the user command")),
         }
         Ok(())
     }

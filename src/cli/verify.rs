@@ -20,7 +20,7 @@ impl VerifyCmd {
         let answer = ctx.admin_with(Request::Verify { deep: self.deep }, &mut |d, t| bar.update(d, t))?;
         bar.finish();
         let Response::Verify(report) = answer else {
-            anyhow::bail!("unexpected answer to verify");
+            return Err(super::unexpected("verify"));
         };
         for d in &report.damaged {
             println!("damaged: {} {}: {}", d.kind, d.id, d.reason);

@@ -36,7 +36,7 @@ pub enum ClientError {
     #[error("{0}")]
     Credentials(String),
     /// The server could not be reached or the connection failed.
-    #[error("cannot reach {endpoint}: {message}")]
+    #[error("cannot reach {endpoint}: {message}; check that the server runs and that the profile's endpoint is right")]
     Transport {
         /// The endpoint.
         endpoint: String,
@@ -590,9 +590,16 @@ impl Client {
     }
 }
 
-/// A byte progress bar on standard error, hidden when it is not a terminal.
+/// A byte progress bar on standard error, hidden when it is not a terminal (pipes, systemd,
+/// CI): decided here rather than left to indicatif's own check, as in `cli::progress`.
 fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), target);
     if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
         "{what} {{bar:40}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} eta {{eta}}"
     )) {

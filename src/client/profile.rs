@@ -61,7 +61,7 @@ pub enum ProfileError {
         source: std::io::Error,
     },
     /// It is not a valid profile.
-    #[error("{path} is not a valid coffer profile: {message}")]
+    #[error("{path} is not a valid coffer profile: {message}; use the profile that `coffer device issue` wrote")]
     Parse {
         /// The file.
         path: String,

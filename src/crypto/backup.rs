@@ -50,10 +50,15 @@ pub struct Header {
 #[non_exhaustive]
 pub enum HeaderError {
     /// Too short to hold a header and its tag.
-    #[error("the file is too short to be a coffer backup")]
+    #[error(
+        "the file is too short to be a coffer backup: check the file name (backups are written by `coffer backup`)"
+    )]
     Short,
     /// No backup magic.
-    #[error("the file is not a coffer backup (no COFFERBK magic)")]
+    #[error(
+        "the file is not a coffer backup (no COFFERBK magic): check the file name (backups are written by \
+         `coffer backup`)"
+    )]
     NotABackup,
     /// A format this coffer does not read.
     #[error(

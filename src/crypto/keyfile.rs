@@ -38,13 +38,16 @@ const MAX_VERSIONS: usize = 1024;
 #[non_exhaustive]
 pub enum KeyFileError {
     /// Not a coffer key file at all.
-    #[error("not a coffer key file (bad magic)")]
+    #[error(
+        "not a coffer key file (bad magic): check --keys-dir, or put back master.key from your copy of the \
+         keys directory"
+    )]
     NotAKeyFile,
     /// Written by a newer coffer.
     #[error("key file format version {0} is not supported by this coffer; upgrade coffer")]
     UnsupportedVersion(u16),
     /// Too short or inconsistent.
-    #[error("the key file is truncated or malformed")]
+    #[error("the key file is truncated or malformed: put back master.key from your copy of the keys directory")]
     Malformed,
     /// The stored argon2id parameters are out of range.
     #[error(transparent)]

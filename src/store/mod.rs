@@ -62,13 +62,19 @@ pub enum StoreError {
     #[error("no database at {0}: run `coffer init` first (or pass the right --data-dir)")]
     Missing(String),
     /// Another process (usually the running server) has the database open.
-    #[error("the database is in use by another coffer process (is `coffer serve` running?)")]
+    #[error(
+        "the database is in use by another coffer process (is `coffer serve` running?): stop it \
+         (e.g. `systemctl stop coffer`) and retry"
+    )]
     InUse,
     /// A newer coffer wrote this database.
     #[error("database schema version {0} is newer than this coffer supports ({SCHEMA_VERSION}); upgrade coffer")]
     NewerSchema(u32),
     /// A record or the database structure is damaged.
-    #[error("the database is damaged: {0} is unreadable (restore data/coffer.redb from a backup)")]
+    #[error(
+        "the database is damaged: {0} is unreadable; restore it from a backup (`coffer restore FILE`, with the \
+         server stopped)"
+    )]
     Corrupt(&'static str),
     /// The operation needs the only handle on the database, and reads or uploads are in
     /// progress.
