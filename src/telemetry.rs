@@ -62,6 +62,20 @@ pub fn init(format: LogFormat, level: LogLevel) -> bool {
     installed
 }
 
+/// Logs of an admin command: warnings and errors on stderr, as `WARN message` lines
+/// without time or target.
+pub fn init_cli() {
+    let output = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(LevelFilter::WARN)
+        .with(output)
+        .try_init();
+}
+
 /// Changes the level of the installed subscriber (SIGHUP).
 pub fn set_level(level: LogLevel) {
     if let Some(handle) = LEVEL.get()

@@ -359,21 +359,28 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Client(cmd) => cmd.run(),
         // Completions describe the command line only.
         Command::Completions(cmd) => cmd.run(),
-        command => cli.global.context().and_then(|ctx| match command {
-            Command::Init(cmd) => cmd.run(&ctx),
-            Command::Key(cmd) => cmd.run(&ctx),
-            Command::Compact => compact::run(&ctx),
-            Command::Serve(cmd) => cmd.run(&ctx),
-            Command::User(cmd) => cmd.run(&ctx),
-            Command::Device(cmd) => cmd.run(&ctx),
-            Command::Pins(cmd) => cmd.run(&ctx),
-            Command::Cert(cmd) => cmd.run(&ctx),
-            Command::Erp(cmd) => cmd.run(&ctx),
-            Command::Backup(cmd) => cmd.run(&ctx),
-            Command::Restore(cmd) => cmd.run(&ctx),
-            Command::Verify(cmd) => cmd.run(&ctx),
-            Command::Audit(cmd) => cmd.run(&ctx),
-            Command::Config(_) | Command::Client(_) | Command::Completions(_) => Ok(()),
+        command => cli.global.context().and_then(|ctx| {
+            if !matches!(command, Command::Serve(_)) {
+                // Warnings from the work an admin command does (`serve` sets up its own
+                // logs from the configuration).
+                crate::telemetry::init_cli();
+            }
+            match command {
+                Command::Init(cmd) => cmd.run(&ctx),
+                Command::Key(cmd) => cmd.run(&ctx),
+                Command::Compact => compact::run(&ctx),
+                Command::Serve(cmd) => cmd.run(&ctx),
+                Command::User(cmd) => cmd.run(&ctx),
+                Command::Device(cmd) => cmd.run(&ctx),
+                Command::Pins(cmd) => cmd.run(&ctx),
+                Command::Cert(cmd) => cmd.run(&ctx),
+                Command::Erp(cmd) => cmd.run(&ctx),
+                Command::Backup(cmd) => cmd.run(&ctx),
+                Command::Restore(cmd) => cmd.run(&ctx),
+                Command::Verify(cmd) => cmd.run(&ctx),
+                Command::Audit(cmd) => cmd.run(&ctx),
+                Command::Config(_) | Command::Client(_) | Command::Completions(_) => Ok(()),
+            }
         }),
     };
     match result {
