@@ -776,13 +776,18 @@ fn a_refused_erp_read_logs_the_route_pattern_and_request_id_not_the_record_key()
     let res = get(&mut conn, &format!("/v1/erp/customers/{secret_key}"));
     assert_eq!(res.status, 401, "{}", String::from_utf8_lossy(&res.body));
     let request_id = res.header("x-request-id").expect("X-Request-Id").to_owned();
-    let stderr = server.wait_stderr("auth: refused", WAIT, "the refusal's log line");
+    // The request's one log line, written when its answer has been sent.
+    let stderr = server.wait_stderr(&request_id, WAIT, "the refusal's log line");
     stop(server);
     assert!(
         !stderr.contains(secret_key),
         "the ERP record key is in the server's stderr: {stderr}"
     );
-    let line = stderr.lines().find(|l| l.contains("auth: refused")).unwrap_or_default();
+    let line = stderr.lines().find(|l| l.contains(&request_id)).unwrap_or_default();
+    assert!(
+        line.contains("signature-mismatch"),
+        "the line names the problem: {line}"
+    );
     assert!(
         line.contains("/v1/erp/{collection}/{key}"),
         "the line names the route pattern: {line}"

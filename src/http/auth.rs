@@ -174,7 +174,7 @@ fn refuse_at(state: &State, origin: &Origin, device: Option<DeviceId>, problem: 
         method = %origin.method,
         route = %origin.path,
         problem = problem.reason.slug(),
-        device = device.map(|d| d.0),
+        device = device.map(|d| d.to_string()),
         ip = origin.ip.map(|i| i.to_string()),
         "refused: {why}"
     );

@@ -160,7 +160,10 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// The address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source}; if another process holds the port (`ss -ltnp`), stop it or choose \
+         another address (`listen`/`--listen`, `health.listen`)"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,

@@ -124,8 +124,10 @@ impl Drop for Observed {
             }
         }
         let problem = self.reason.map(Reason::slug);
-        let device = who.map(|w| w.device.0);
-        let user = who.map(|w| w.user.0);
+        // As everywhere else (CLI, audit export): 32 hex digits, not a 39-digit number
+        // that JSON readers would round.
+        let device = who.map(|w| w.device.to_string());
+        let user = who.map(|w| w.user.to_string());
         let ip = self.ip.map(|ip| ip.to_string());
         let duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
         macro_rules! line {
