@@ -860,7 +860,11 @@ fn assert_closed_within(stream: &mut RawStream, within: Duration, what: &str) {
 
 #[test]
 fn a_second_request_left_unfinished_on_a_kept_alive_connection_is_cut() {
-    let server = start_server_with(options(|l| l.body_idle_timeout_secs = 1));
+    // The watchdog waits at least the header timeout + 2 s: keep both short.
+    let server = start_server_with(options(|l| {
+        l.body_idle_timeout_secs = 1;
+        l.header_timeout_secs = 1;
+    }));
     let alice = member_device(&server, "alice");
     let mut conn = RawConn::signed(&server, &alice);
     assert_eq!(conn.get("/v1/documents").expect("listing").status, 200);
@@ -903,6 +907,7 @@ fn a_json_body_left_unfinished_is_cut() {
 fn a_download_the_client_stops_reading_is_cut_and_gives_its_slot_back() {
     let server = start_server_with(options(|l| {
         l.body_idle_timeout_secs = 1;
+        l.header_timeout_secs = 1;
         l.max_transfers_per_device = 1;
     }));
     let alice = member_device(&server, "alice");

@@ -334,14 +334,16 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // too-many-connections` to each request; past `hard_cap` it is closed before TLS.
     // actix's own cap (per worker: connections need not spread evenly) lies beyond both,
     // so it never leaves connections waiting unanswered in the backlog.
-    let hard_cap = (l.max_connections as usize).saturating_mul(2).max(16);
+    let hard_cap = (l.max_connections as usize).saturating_mul(2);
     let metrics = Arc::new(metrics::Metrics::default());
     let connections = limits::Connections::new(l.max_connections, metrics.open_connections.clone());
     let grace = std::time::Duration::from_secs(u64::from(l.shutdown_grace_secs));
     let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
     // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
     // from the handler before the watchdog cuts the connection.
-    let watchdog = watchdog::Watchdog::start(std::time::Duration::from_secs(2 * u64::from(l.body_idle_timeout_secs)))?;
+    // Never before the header timeout, so a slow first request gets its 408 from actix.
+    let idle = (2 * u64::from(l.body_idle_timeout_secs)).max(u64::from(l.header_timeout_secs) + 2);
+    let watchdog = watchdog::Watchdog::start(std::time::Duration::from_secs(idle))?;
     let a = &options.auth;
     let audit_log = crate::app::audit::AuditLog::start(vault.clone())?;
     let state = web::Data::new(State {
