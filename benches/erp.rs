@@ -1318,6 +1318,13 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() {
     let args = Args::parse();
+    // `ERP_BENCH_LOG=json` (or `human`): coffer writes its request log line for every
+    // request, as `coffer serve` does (to stderr: redirect it), to measure what logging
+    // costs. Unset: no log subscriber.
+    if let Ok(format) = std::env::var("ERP_BENCH_LOG") {
+        let format = format.parse().unwrap_or_else(|e| panic!("ERP_BENCH_LOG: {e}"));
+        coffer::telemetry::init(format, coffer::config::LogLevel::Info);
+    }
     let connections = env_count("ERP_BENCH_CONNECTIONS", 50);
     let (reps, secs, warm_secs, piece_secs, key_count) = if args.test {
         (1, 1.0, 0.2, 0.05, env_count("ERP_BENCH_KEYS", 100))

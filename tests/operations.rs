@@ -844,7 +844,7 @@ fn sighup_applies_the_request_budget_live_names_other_limits_and_keeps_an_invali
         .lines()
         .find(|l| l.contains("take effect at the next start"))
         .unwrap();
-    assert!(line.contains("limits"), "{line}");
+    assert!(line.contains("limits.max_uploads"), "{line}");
     assert!(line.contains("restart coffer"), "{line}");
     assert_eq!(stderr.matches("SIGHUP: applied").count(), 1, "{stderr}");
 

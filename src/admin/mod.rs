@@ -482,7 +482,7 @@ pub fn execute(
     {
         let outcome = result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}"));
         if let Err(e) = vault.audit_admin(action, target, outcome) {
-            eprintln!("warning: the audit log could not record `{action}`: {e}");
+            tracing::warn!("the audit log could not record `{action}`: {e}");
         }
     }
     result

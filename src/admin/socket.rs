@@ -147,7 +147,7 @@ pub fn bind(data_dir: &Path) -> Result<AdminListener, SocketError> {
     let ours = fs::symlink_metadata(&staged).map_err(bind_err)?;
     fs::hard_link(&staged, &path).map_err(bind_err)?;
     if let Err(e) = private.close() {
-        eprintln!(
+        tracing::warn!(
             "admin socket: cannot remove the staging directory in {}: {e}",
             data_dir.display()
         );
@@ -216,7 +216,7 @@ impl Drop for AdminServer {
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
-            eprintln!("admin socket: the serving thread panicked");
+            tracing::warn!("admin socket: the serving thread panicked");
         }
     }
 }
@@ -305,7 +305,7 @@ impl Drop for SocketFile {
             && self.is(&meta)
             && let Err(e) = fs::remove_file(&self.path)
         {
-            eprintln!(
+            tracing::warn!(
                 "admin socket: cannot remove {}: {e}; remove it by hand",
                 self.path.display()
             );
@@ -375,13 +375,13 @@ fn accept_loop<H: FnMut(Vec<u8>, &mut dyn FnMut(&[u8]) -> io::Result<()>) -> Vec
                 if let Err(e) = serve_connection(stream, stop, &mut handler)
                     && !stop.load(Ordering::Relaxed)
                 {
-                    eprintln!("admin socket: connection dropped: {e}");
+                    tracing::warn!("admin socket: connection dropped: {e}");
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(POLL_INTERVAL),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => {
-                eprintln!("admin socket: accept failed: {e}");
+                tracing::warn!("admin socket: accept failed: {e}");
                 thread::sleep(POLL_INTERVAL);
             }
         }
@@ -396,7 +396,7 @@ fn serve_connection(
 ) -> io::Result<()> {
     let peer = peer_uid(&stream)?;
     if peer != euid() {
-        eprintln!(
+        tracing::warn!(
             "admin socket: refused a connection from uid {peer} (only uid {} may connect)",
             euid()
         );

@@ -236,19 +236,42 @@ impl Reloadable {
                 }
                 _ => {
                     tracing::warn!(
-                        "SIGHUP: allow_cidrs is missing or empty in the new configuration: kept the                          running allowlist"
+                        "SIGHUP: allow_cidrs is missing or empty in the new configuration: kept the running allowlist"
                     );
                     new.allow_cidrs.clone_from(&running.allow_cidrs);
                 }
             }
         }
         let mut restart = Vec::new();
-        let mut limits = running.limits.clone();
-        limits.device_requests_per_minute = new.limits.device_requests_per_minute;
+        let (l, r) = (&new.limits, &running.limits);
         for (changed, key) in [
             (new.listen != running.listen, "listen"),
             (new.tls != running.tls, "tls"),
-            (new.limits != limits, "limits"),
+            (l.max_upload_bytes != r.max_upload_bytes, "limits.max_upload_bytes"),
+            (l.max_page_size != r.max_page_size, "limits.max_page_size"),
+            (l.max_connections != r.max_connections, "limits.max_connections"),
+            (
+                l.max_connections_per_ip != r.max_connections_per_ip,
+                "limits.max_connections_per_ip",
+            ),
+            (l.max_uploads != r.max_uploads, "limits.max_uploads"),
+            (l.max_downloads != r.max_downloads, "limits.max_downloads"),
+            (
+                l.max_transfers_per_device != r.max_transfers_per_device,
+                "limits.max_transfers_per_device",
+            ),
+            (
+                l.header_timeout_secs != r.header_timeout_secs,
+                "limits.header_timeout_secs",
+            ),
+            (
+                l.body_idle_timeout_secs != r.body_idle_timeout_secs,
+                "limits.body_idle_timeout_secs",
+            ),
+            (
+                l.shutdown_grace_secs != r.shutdown_grace_secs,
+                "limits.shutdown_grace_secs",
+            ),
             (new.auth != running.auth, "auth"),
             (new.pki != running.pki, "pki"),
             (new.argon2 != running.argon2, "argon2"),
@@ -270,7 +293,7 @@ impl Reloadable {
         }
         if !restart.is_empty() {
             tracing::warn!(
-                "SIGHUP: changed settings that take effect at the next start: {}; restart coffer                  (systemctl restart coffer) to apply them",
+                "SIGHUP: changed settings that take effect at the next start: {}; restart coffer (systemctl restart coffer) to apply them",
                 restart.join(", ")
             );
             // Kept as running, so the next SIGHUP names them again.

@@ -238,7 +238,7 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
                 Reason::TooManyRequests,
                 format!(
                     "this device made more than {} requests in a minute; retry in {wait} s",
-                    state.options.limits.device_requests_per_minute
+                    state.requests.per_minute()
                 ),
             )
         });

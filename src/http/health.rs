@@ -116,12 +116,12 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
                 name: "server_certificate",
                 ok: days > min,
                 detail: if days <= 0.0 {
-                    "the server certificate has expired: run `coffer cert renew-server`, then reload (SIGHUP)"
+                    "the server certificate has expired: run `coffer cert renew-server` (a running server picks it up at once)"
                         .to_owned()
                 } else if days <= min {
                     format!(
                         "the server certificate expires in {days:.1} days (less than {min}): run `coffer cert \
-                         renew-server`, then reload (SIGHUP)"
+                         renew-server` (a running server picks it up at once)"
                     )
                 } else {
                     format!("the server certificate is valid for {days:.1} more days")

@@ -140,6 +140,12 @@ impl RequestLimiter {
         devices.per_minute = f64::from(per_minute.max(1));
     }
 
+    /// The budget per minute now.
+    pub fn per_minute(&self) -> u32 {
+        let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        devices.per_minute as u32
+    }
+
     /// Spends one request of `device`'s budget, or `Err(seconds to wait)` when it is empty.
     pub fn attempt(&self, device: DeviceId) -> Result<(), u64> {
         let now = Instant::now();
