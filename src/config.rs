@@ -134,6 +134,9 @@ pub struct HealthConfig {
     pub listen: String,
     /// `/readyz` fails when the server certificate expires within this many days.
     pub min_server_cert_days: u32,
+    /// Allow `listen` to be an address beyond loopback (the routes have no
+    /// authentication: restrict the port in the security group then).
+    pub allow_remote: bool,
 }
 
 /// Default address of the health and metrics listener.
@@ -144,6 +147,7 @@ impl Default for HealthConfig {
         Self {
             listen: DEFAULT_HEALTH_LISTEN.to_owned(),
             min_server_cert_days: 14,
+            allow_remote: false,
         }
     }
 }
@@ -151,13 +155,24 @@ impl Default for HealthConfig {
 impl HealthConfig {
     /// The listener's address, or `None` when turned off.
     pub fn address(&self) -> Result<Option<SocketAddr>, ConfigError> {
-        match self.listen.trim() {
-            "off" => Ok(None),
-            a => a.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        let addr: SocketAddr = match self.listen.trim() {
+            "off" => return Ok(None),
+            a => a.parse().map_err(|_| ConfigError::Invalid {
                 key: "health.listen",
                 message: format!("{a:?} is not an address: write e.g. 127.0.0.1:9464, or \"off\""),
-            }),
+            })?,
+        };
+        if !addr.ip().is_loopback() && !self.allow_remote {
+            return Err(ConfigError::Invalid {
+                key: "health.listen",
+                message: format!(
+                    "{addr} is not a loopback address, and /healthz, /readyz and /metrics have no authentication: \
+                     keep it on 127.0.0.1 and scrape from the instance, or set health.allow_remote = true and \
+                     restrict the port in the security group"
+                ),
+            });
         }
+        Ok(Some(addr))
     }
 }
 
@@ -228,10 +243,17 @@ pub struct Limits {
     pub max_upload_bytes: u64,
     /// Most documents in one page of `GET /v1/documents`.
     pub max_page_size: u32,
-    /// Most open connections (TLS handshakes included) over all workers.
+    /// Most open connections with a client certificate; beyond it each request is
+    /// answered `503 too-many-connections` and the connection closed, and beyond twice it
+    /// (counting every TCP connection, handshakes included) connections are closed before
+    /// TLS.
     pub max_connections: u32,
     /// Most open connections from one address (IPv6: one /64); more are closed before TLS.
     pub max_connections_per_ip: u32,
+    /// Most open connections without a client certificate (enrolment, strangers); more
+    /// are answered `503 too-many-connections` and closed. They do not count towards
+    /// `max_connections`, so strangers cannot crowd devices out.
+    pub max_anonymous_connections: u32,
     /// Most uploads in progress at once, over all devices.
     pub max_uploads: u32,
     /// Most downloads and listings in progress at once, over all devices.
@@ -257,6 +279,7 @@ impl Default for Limits {
             max_page_size: 500,
             max_connections: 1024,
             max_connections_per_ip: 128,
+            max_anonymous_connections: 64,
             max_uploads: 32,
             max_downloads: 64,
             max_transfers_per_device: 6,
@@ -530,6 +553,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("COFFER_MAX_PAGE_SIZE", "limits.max_page_size"),
     ("COFFER_MAX_CONNECTIONS", "limits.max_connections"),
     ("COFFER_MAX_CONNECTIONS_PER_IP", "limits.max_connections_per_ip"),
+    ("COFFER_MAX_ANONYMOUS_CONNECTIONS", "limits.max_anonymous_connections"),
     ("COFFER_MAX_UPLOADS", "limits.max_uploads"),
     ("COFFER_MAX_DOWNLOADS", "limits.max_downloads"),
     ("COFFER_MAX_TRANSFERS_PER_DEVICE", "limits.max_transfers_per_device"),
@@ -641,6 +665,7 @@ impl Config {
                 "COFFER_MAX_PAGE_SIZE" => self.limits.max_page_size = parse(name, &value)?,
                 "COFFER_MAX_CONNECTIONS" => self.limits.max_connections = parse(name, &value)?,
                 "COFFER_MAX_CONNECTIONS_PER_IP" => self.limits.max_connections_per_ip = parse(name, &value)?,
+                "COFFER_MAX_ANONYMOUS_CONNECTIONS" => self.limits.max_anonymous_connections = parse(name, &value)?,
                 "COFFER_MAX_UPLOADS" => self.limits.max_uploads = parse(name, &value)?,
                 "COFFER_MAX_DOWNLOADS" => self.limits.max_downloads = parse(name, &value)?,
                 "COFFER_MAX_TRANSFERS_PER_DEVICE" => self.limits.max_transfers_per_device = parse(name, &value)?,
@@ -714,6 +739,9 @@ impl Config {
         // Above `max_connections` it simply never binds.
         if !(1..=1_000_000).contains(&l.max_connections_per_ip) {
             return invalid("limits.max_connections_per_ip", "must be 1 to 1000000");
+        }
+        if !(1..=1_000_000).contains(&l.max_anonymous_connections) {
+            return invalid("limits.max_anonymous_connections", "must be 1 to 1000000");
         }
         if !(1..=10_000).contains(&l.max_uploads) {
             return invalid("limits.max_uploads", "must be 1 to 10000");

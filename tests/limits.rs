@@ -462,6 +462,8 @@ fn a_stalled_request_body_gets_408_request_timeout_and_the_connection_closed() {
 fn connections_beyond_max_connections_get_503_and_beyond_twice_it_are_closed_before_tls() {
     let server = start_server_with(options(|o| {
         o.limits.max_connections = 8;
+        // Closed before TLS beyond 2 x 8 + 1 TCP connections.
+        o.limits.max_anonymous_connections = 1;
         // Connections held open without a request must not time out during the test.
         o.limits.header_timeout_secs = 60;
     }));
@@ -485,16 +487,16 @@ fn connections_beyond_max_connections_get_503_and_beyond_twice_it_are_closed_bef
     over.assert_closed(MARGIN, "the connection beyond max_connections after its 503");
     wait_for_metric(&server, open, 8.0);
 
-    // Twice the cap open (the extra ones past their handshake, without a request yet):
-    // the next connection is closed before TLS, and counted.
-    let mut held: Vec<Raw> = (0..8).map(|_| Raw::open(&server, &alice)).collect();
-    wait_for_metric(&server, open, 16.0);
+    // Twice the cap plus the anonymous pool open (the extra ones past their handshake,
+    // without a request yet): the next connection is closed before TLS, and counted.
+    let mut held: Vec<Raw> = (0..9).map(|_| Raw::open(&server, &alice)).collect();
+    wait_for_metric(&server, open, 17.0);
     let refused = r#"coffer_connections_refused_total{reason="capacity"}"#;
     assert_eq!(metric(&server, refused), 0.0);
     assert_closed_before_tls(
         server.addr(),
         server.client_config(Some(&alice)),
-        "a connection beyond twice max_connections",
+        "a connection beyond twice max_connections plus max_anonymous_connections",
     );
     assert_eq!(metric(&server, refused), 1.0);
     // Meanwhile the connections within the cap are served as before, and a held one
@@ -511,6 +513,42 @@ fn connections_beyond_max_connections_get_503_and_beyond_twice_it_are_closed_bef
     let mut again = Raw::open(&server, &alice);
     assert_eq!(again.get("/v1/documents").expect("listing").status, 200);
     assert_eq!(again.get("/v1/documents").expect("listing").status, 200, "kept alive");
+}
+
+#[test]
+fn connections_without_a_certificate_have_their_own_pool_and_cannot_crowd_devices_out() {
+    let server = start_server_with(options(|o| {
+        o.limits.max_connections = 2;
+        o.limits.max_anonymous_connections = 2;
+        o.limits.header_timeout_secs = 60;
+    }));
+    let alice = member_device(&server, "alice");
+    let open = "coffer_open_connections";
+    // Strangers (no client certificate) fill their pool and hold it without a request.
+    let strangers: Vec<_> = (0..2)
+        .map(|_| raw_tls(server.client_config(None), server.addr()))
+        .collect();
+    wait_for_metric(&server, open, 2.0);
+    // A third stranger is answered 503 too-many-connections and closed...
+    let mut third = raw_tls(server.client_config(None), server.addr());
+    third
+        .write_all(b"GET /v1/documents HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("urn:coffer:problem:too-many-connections"), "{answer}");
+    // ...while devices still have all their connections.
+    let mut devices: Vec<Raw> = (0..2).map(|_| Raw::open(&server, &alice)).collect();
+    for (i, c) in devices.iter_mut().enumerate() {
+        assert_eq!(
+            c.get("/v1/documents").expect("listing").status,
+            200,
+            "device connection {i}"
+        );
+    }
+    drop(strangers);
 }
 
 // ---- limits.max_uploads ----

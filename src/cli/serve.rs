@@ -369,12 +369,19 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
                             return;
                         }
                         // actix-server stops on the same signal; this only says so.
-                        if let Some(r) = server.get() {
-                            tracing::info!(
+                        match server.get() {
+                            Some(r) => tracing::info!(
                                 "SIGTERM: no new connections; requests in flight may finish within {} s, then the \
                                  rest are cut (an upload cut leaves nothing)",
                                 r.live.shutdown_grace_secs()
-                            );
+                            ),
+                            // Before the server runs (asking for the passphrase, unlocking,
+                            // opening the database) nothing is in flight: stop now, as the
+                            // signal's default action would.
+                            None => {
+                                tracing::info!("SIGTERM during start-up: stopping before the server starts");
+                                std::process::exit(0);
+                            }
                         }
                     }
                     _ = daily.tick() => {

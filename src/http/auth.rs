@@ -231,18 +231,6 @@ pub fn identify(req: &HttpRequest) -> Result<Identified, Problem> {
         return Err(refuse(state, req, None, problem, why));
     }
     limited(Some(device.id))?;
-    if let Err(wait) = state.requests.attempt(device.id) {
-        return Err(Problem {
-            retry_after: Some(wait),
-            ..Problem::detail(
-                Reason::TooManyRequests,
-                format!(
-                    "this device made more than {} requests in a minute; retry in {wait} s",
-                    state.requests.per_minute()
-                ),
-            )
-        });
-    }
     let user = match state.vault.user(device.owner) {
         Ok(u) => u,
         Err(crate::app::VaultError::NotFound(_)) => {
@@ -477,6 +465,21 @@ impl Identified {
         } else {
             (BodyCheck::None, None)
         };
+        // The device's request budget is spent only once the request is proven to be
+        // its own (signed with its secret), so a copy of its certificate alone cannot
+        // exhaust it; failures have their own budget.
+        if let Err(wait) = state.requests.attempt(id) {
+            return Err(Problem {
+                retry_after: Some(wait),
+                ..Problem::detail(
+                    Reason::TooManyRequests,
+                    format!(
+                        "this device made more than {} requests in a minute; retry in {wait} s",
+                        state.requests.per_minute()
+                    ),
+                )
+            });
+        }
         let session = if need_session && settings.sessions && self.user.body.role != Role::Integration {
             match self.check_session(state, &request) {
                 Ok(s) => Some(s),

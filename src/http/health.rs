@@ -21,6 +21,11 @@ use crate::model::Timestamp;
 
 /// How long `/readyz` waits for the database write.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A database probe's result is reused for this long, so polling `/readyz` (or flooding
+/// it) costs at most one durable write per interval, and probes never overlap.
+const PROBE_REUSE: Duration = Duration::from_secs(5);
+/// Connections the health listener holds at once; more wait in the backlog.
+const MAX_CONNECTIONS: usize = 16;
 
 /// What the health routes look at.
 pub struct Health {
@@ -30,6 +35,95 @@ pub struct Health {
     pub cert: Arc<ServerCert>,
     /// `/readyz` fails when the certificate expires within this many days.
     pub min_cert_days: u32,
+    /// The last database probe: when, and what it found.
+    probe: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+}
+
+impl Health {
+    /// What the routes look at, before any probe.
+    pub fn new(state: web::Data<State>, cert: Arc<ServerCert>, min_cert_days: u32) -> Self {
+        Self {
+            state,
+            cert,
+            min_cert_days,
+            probe: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// The health listener, running on its own thread.
+pub struct HealthServer {
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl HealthServer {
+    /// Stops it and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            drop(self.handle.stop(false));
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener`, apart from the API: one
+/// worker, at most [`MAX_CONNECTIONS`] connections, one request per connection (no
+/// keep-alive), 5 s for the request; its own signal handling is off (the API server's
+/// owner stops it).
+pub fn spawn(listener: std::net::TcpListener, health: web::Data<Health>) -> std::io::Result<HealthServer> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("coffer-health".into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_server::Server::build()
+                    .workers(1)
+                    .max_concurrent_connections(MAX_CONNECTIONS)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .listen("coffer-health", listener, move || {
+                        let app = actix_web::App::new().app_data(health.clone()).configure(configure);
+                        actix_http::HttpService::build()
+                            .keep_alive(actix_http::KeepAlive::Disabled)
+                            .client_request_timeout(Duration::from_secs(5))
+                            .client_disconnect_timeout(Duration::from_secs(1))
+                            .finish(actix_service::map_config(app, |()| {
+                                actix_web::dev::AppConfig::default()
+                            }))
+                            .tcp()
+                    });
+                let server = match server {
+                    Ok(s) => s.run(),
+                    Err(e) => {
+                        let _ = tx.send(None);
+                        return Err(e);
+                    }
+                };
+                let _ = tx.send(Some(server.handle()));
+                server.await
+            })
+        })?;
+    match rx.recv() {
+        Ok(Some(handle)) => Ok(HealthServer {
+            handle,
+            thread: Some(thread),
+        }),
+        _ => match thread.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(std::io::Error::other("the health listener did not start")),
+        },
+    }
 }
 
 /// Registers `/healthz`, `/readyz` and `/metrics`.
@@ -80,32 +174,13 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
         ok: true,
         detail: "the master key is unlocked".to_owned(),
     });
-    let probe = tokio::time::timeout(PROBE_TIMEOUT, web::block(move || vault.store().probe_writable())).await;
-    checks.push(match probe {
-        Ok(Ok(Ok(()))) => Check {
-            name: "database",
-            ok: true,
-            detail: "the database took a durable write".to_owned(),
-        },
-        Ok(Ok(Err(e))) => Check {
-            name: "database",
-            ok: false,
-            detail: format!(
-                "the database refused a write ({e}): check free space and permissions of the data directory"
-            ),
-        },
-        Ok(Err(_)) => Check {
-            name: "database",
-            ok: false,
-            detail: "the database write failed: see the log".to_owned(),
-        },
-        Err(_) => Check {
-            name: "database",
-            ok: false,
-            detail: format!(
-                "the database did not take a write within {} s (a long write is holding it, or the disk hangs)",
-                PROBE_TIMEOUT.as_secs()
-            ),
+    let found = database(&health, vault).await;
+    checks.push(Check {
+        name: "database",
+        ok: found.is_ok(),
+        detail: match found {
+            Ok(()) => "the database took a durable write".to_owned(),
+            Err(why) => why,
         },
     });
     checks.push(match health.cert.not_after() {
@@ -148,6 +223,36 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header(("cache-control", "no-store"))
         .json(Readiness { ready, checks })
+}
+
+/// The database probe's result: a fresh one, or the last one if it is recent. One probe
+/// at a time; callers arriving meanwhile wait for it and share its result.
+async fn database(health: &Health, vault: Arc<crate::app::Vault>) -> Result<(), String> {
+    let Ok(mut last) = tokio::time::timeout(PROBE_TIMEOUT, health.probe.lock()).await else {
+        return Err(format!(
+            "the database check did not finish within {} s (a long write is holding it, or the disk hangs)",
+            PROBE_TIMEOUT.as_secs()
+        ));
+    };
+    if let Some((at, found)) = last.as_ref()
+        && at.elapsed() < PROBE_REUSE
+    {
+        return found.clone();
+    }
+    let probe = tokio::time::timeout(PROBE_TIMEOUT, web::block(move || vault.store().probe_writable())).await;
+    let found = match probe {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!(
+            "the database refused a write ({e}): check free space and permissions of the data directory"
+        )),
+        Ok(Err(_)) => Err("the database write failed: see the log".to_owned()),
+        Err(_) => Err(format!(
+            "the database did not take a write within {} s (a long write is holding it, or the disk hangs)",
+            PROBE_TIMEOUT.as_secs()
+        )),
+    };
+    *last = Some((std::time::Instant::now(), found.clone()));
+    found
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {

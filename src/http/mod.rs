@@ -70,6 +70,8 @@ pub struct State {
     pub requests: ratelimit::RequestLimiter,
     /// The server's metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// Throttle of the log lines of refused requests without a device.
+    pub log_gate: Arc<observe::LogGate>,
     /// Enrolment attempts per address.
     pub enrolments: ratelimit::AttemptLimiter,
     /// Requests refused for want of a client certificate (counted, logged sparingly).
@@ -189,6 +191,7 @@ pub struct RunningServer {
     reloader: TlsReloader,
     refusals: Arc<allowlist::Refusals>,
     health_addr: Option<SocketAddr>,
+    health: Option<health::HealthServer>,
     live: LiveSettings,
 }
 
@@ -288,12 +291,17 @@ impl RunningServer {
         self.wait()
     }
 
-    /// Waits until the server stops (on SIGINT/SIGTERM, or [`stop`](Self::stop)).
+    /// Waits until the server stops (on SIGINT/SIGTERM, or [`stop`](Self::stop)), then
+    /// stops the health listener.
     pub fn wait(self) -> Result<(), ServeError> {
-        match self.thread.join() {
-            Ok(r) => Ok(r?),
+        let result = match self.thread.join() {
+            Ok(r) => r.map_err(ServeError::from),
             Err(_) => Err(ServeError::Io(std::io::Error::other("the server thread panicked"))),
+        };
+        if let Some(health) = self.health {
+            health.stop();
         }
+        result
     }
 }
 
@@ -334,9 +342,13 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // too-many-connections` to each request; past `hard_cap` it is closed before TLS.
     // actix's own cap (per worker: connections need not spread evenly) lies beyond both,
     // so it never leaves connections waiting unanswered in the backlog.
-    let hard_cap = (l.max_connections as usize).saturating_mul(2);
+    let hard_cap = (l.max_connections as usize)
+        .saturating_mul(2)
+        .saturating_add(l.max_anonymous_connections as usize);
     let metrics = Arc::new(metrics::Metrics::default());
     let connections = limits::Connections::new(l.max_connections, metrics.open_connections.clone());
+    // Connections without a client certificate have their own, smaller pool.
+    let anonymous = limits::Connections::new(l.max_anonymous_connections, metrics.open_connections.clone());
     let grace = std::time::Duration::from_secs(u64::from(l.shutdown_grace_secs));
     let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
     // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
@@ -362,6 +374,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         limiter: ratelimit::AuthLimiter::new(a.device_failures_per_minute, a.ip_failures_per_minute),
         requests: ratelimit::RequestLimiter::new(l.device_requests_per_minute),
         metrics: metrics.clone(),
+        log_gate: Arc::default(),
         enrolments: ratelimit::AttemptLimiter::new(a.enrolments_per_ip_per_minute),
         anonymous_refusals: allowlist::Refusals::new(
             "auth: refused requests without a client certificate (client-certificate-required)",
@@ -402,11 +415,11 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let health = health_listener.map(|l| {
         (
             l,
-            web::Data::new(health::Health {
-                state: state.clone(),
-                cert: cert.clone(),
-                min_cert_days: options.min_server_cert_days,
-            }),
+            web::Data::new(health::Health::new(
+                state.clone(),
+                cert.clone(),
+                options.min_server_cert_days,
+            )),
         )
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -423,6 +436,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 let flooded = flooded.clone();
                 let tcp_open = tcp_open.clone();
                 let connections = connections.clone();
+                let anonymous = anonymous.clone();
                 let metrics = metrics.clone();
                 let app = App::new()
                     .app_data(state)
@@ -479,7 +493,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     .client_disconnect_timeout(std::time::Duration::from_secs(1))
                     .on_connect_ext(move |io: &TlsStream, ext| {
                         auth::on_connect(io, ext);
-                        let (counted, over) = connections.enter();
+                        let with_cert = ext.get::<auth::ClientCert>().is_some_and(|c| c.0.is_some());
+                        let pool = if with_cert { &connections } else { &anonymous };
+                        let (counted, over) = pool.enter();
                         ext.insert(std::rc::Rc::new(counted));
                         if over {
                             ext.insert(limits::OverCapacity);
@@ -551,20 +567,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 // SIGTERM: stop accepting, let requests in flight finish this long.
                 .shutdown_timeout(grace.as_secs())
                 .listen("coffer-https", listener, factory);
-            let server = match (builder, health) {
-                (Ok(b), Some((health_listener, health))) => b.listen("coffer-health", health_listener, move || {
-                    let health = health.clone();
-                    let app = App::new().app_data(health).configure(health::configure);
-                    actix_http::HttpService::build()
-                        .client_request_timeout(std::time::Duration::from_secs(5))
-                        .finish(actix_service::map_config(app, |()| {
-                            actix_web::dev::AppConfig::default()
-                        }))
-                        .tcp()
-                }),
-                (b, _) => b,
-            };
-            let server = match server {
+            let server = match builder {
                 Ok(s) => s.run(),
                 Err(e) => {
                     let _ = tx.send(None);
@@ -579,7 +582,14 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             server.await
         })
     })?;
-    match rx.recv() {
+    let started = rx.recv();
+    // The health listener runs apart (its own thread, worker and connection cap), so
+    // nothing done to it can take connections or workers from the API.
+    let health = match (&started, health) {
+        (Ok(Some(_)), Some((listener, data))) => Some(health::spawn(listener, data)?),
+        _ => None,
+    };
+    match started {
         Ok(Some(handle)) => Ok(RunningServer {
             addr,
             handle,
@@ -588,6 +598,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
             reloader,
             refusals,
             health_addr,
+            health,
             live,
         }),
         _ => match thread.join() {
@@ -623,6 +634,7 @@ async fn summarise_refusals(state: web::Data<State>) {
         for event in state.refusals_audited.summaries(false) {
             state.audit.record(event);
         }
+        state.log_gate.flush(false);
     }
 }
 
@@ -633,6 +645,7 @@ impl Drop for State {
         for event in self.refusals_audited.summaries(true) {
             self.audit.record(event);
         }
+        self.log_gate.flush(true);
     }
 }
 

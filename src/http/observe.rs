@@ -24,9 +24,83 @@ use super::error::Reason;
 use super::metrics::{Metrics, ReasonLabels, RequestLabels, RouteLabels, method_label};
 use crate::telemetry::REQUEST_TARGET;
 
+/// Refused requests of callers without a device (no client certificate, an unknown one,
+/// over a connection cap) cost a stranger nothing: their lines are logged at most
+/// [`UNIDENTIFIED_LINES`] per [`UNIDENTIFIED_WINDOW`]; the rest are counted into one
+/// summary line per window (and always in the metrics), so a flood cannot drown the log
+/// or exhaust journald's rate limit.
+pub const UNIDENTIFIED_LINES: u32 = 20;
+/// See [`UNIDENTIFIED_LINES`].
+pub const UNIDENTIFIED_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The throttle of [`UNIDENTIFIED_LINES`].
+#[derive(Debug)]
+pub struct LogGate(std::sync::Mutex<GateWindow>);
+
+#[derive(Debug)]
+struct GateWindow {
+    opened: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Default for LogGate {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(GateWindow {
+            opened: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }))
+    }
+}
+
+impl LogGate {
+    /// Whether this line is written (else it is counted).
+    fn admit(&self) -> bool {
+        let mut w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if w.opened.elapsed() >= UNIDENTIFIED_WINDOW {
+            Self::close(&mut w);
+        }
+        if w.logged < UNIDENTIFIED_LINES {
+            w.logged += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            false
+        }
+    }
+
+    /// Writes the summary of a window that has ended (every window, with `all`).
+    pub fn flush(&self, all: bool) {
+        let mut w = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all || w.opened.elapsed() >= UNIDENTIFIED_WINDOW {
+            Self::close(&mut w);
+        }
+    }
+
+    fn close(w: &mut GateWindow) {
+        if w.suppressed > 0 {
+            tracing::info!(
+                target: REQUEST_TARGET,
+                suppressed = w.suppressed,
+                "{} more refused requests without a device in the last {} s were not logged one by one (they are \
+                 in coffer_http_requests_total)",
+                w.suppressed,
+                w.opened.elapsed().as_secs()
+            );
+        }
+        *w = GateWindow {
+            opened: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        };
+    }
+}
+
 /// A request being served: what its log line needs besides the answer.
 pub struct Observed {
     metrics: Option<Arc<Metrics>>,
+    gate: Option<Arc<LogGate>>,
     start: Instant,
     method: &'static str,
     route: String,
@@ -58,10 +132,10 @@ pub fn begin(req: &mut ServiceRequest, request_id: String, who: Rc<dyn Fn() -> O
             });
         }
     }
+    let state = req.app_data::<actix_web::web::Data<super::State>>();
     Observed {
-        metrics: req
-            .app_data::<actix_web::web::Data<super::State>>()
-            .map(|s| s.metrics.clone()),
+        metrics: state.map(|s| s.metrics.clone()),
+        gate: state.map(|s| s.log_gate.clone()),
         start: Instant::now(),
         method: method_label(req.method()),
         route: req.match_pattern().unwrap_or_else(|| "(no route)".to_owned()),
@@ -122,6 +196,13 @@ impl Drop for Observed {
                     .get_or_create(&ReasonLabels { reason: r.slug() })
                     .inc();
             }
+        }
+        if who.is_none()
+            && self.status >= 400
+            && let Some(gate) = &self.gate
+            && !gate.admit()
+        {
+            return;
         }
         let problem = self.reason.map(Reason::slug);
         // As everywhere else (CLI, audit export): 32 hex digits, not a 39-digit number
