@@ -320,13 +320,25 @@ impl Reloadable {
     }
 }
 
+/// What the signal thread acts on.
+#[derive(Default)]
+struct Signals {
+    /// The running server, once attached.
+    server: std::sync::OnceLock<Reloadable>,
+    /// Set just before the server is started: from then on SIGTERM no longer ends the
+    /// process directly.
+    starting: std::sync::atomic::AtomicBool,
+    /// A SIGTERM arrived while the server was being started.
+    term_pending: std::sync::atomic::AtomicBool,
+}
+
 /// Handles SIGHUP (reload the server certificate) on a thread of its own, and rewrites the
 /// CRL once a day so that it never goes stale for TLS terminators that read it. Installed
 /// first thing in `serve` (SIGHUP's default action would end the process); the server it
 /// acts on is attached once it runs.
-fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
-    let target: Arc<std::sync::OnceLock<Reloadable>> = Arc::default();
-    let server = target.clone();
+fn watch_signals() -> anyhow::Result<Arc<Signals>> {
+    let target: Arc<Signals> = Arc::default();
+    let signals = target.clone();
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("coffer-signals".into())
@@ -356,7 +368,7 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
                         if got.is_none() {
                             return;
                         }
-                        match server.get() {
+                        match signals.server.get() {
                             Some(r) => {
                                 reload("SIGHUP", &r.tls);
                                 r.reload_config();
@@ -369,15 +381,21 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
                             return;
                         }
                         // actix-server stops on the same signal; this only says so.
-                        match server.get() {
+                        match signals.server.get() {
                             Some(r) => tracing::info!(
                                 "SIGTERM: no new connections; requests in flight may finish within {} s, then the \
                                  rest are cut (an upload cut leaves nothing)",
                                 r.live.shutdown_grace_secs()
                             ),
-                            // Before the server runs (asking for the passphrase, unlocking,
-                            // opening the database) nothing is in flight: stop now, as the
-                            // signal's default action would.
+                            // While the server is being started, it is stopped as soon as it
+                            // runs (the caller checks `term_pending`).
+                            None if signals.starting.load(std::sync::atomic::Ordering::SeqCst) => {
+                                signals.term_pending.store(true, std::sync::atomic::Ordering::SeqCst);
+                                tracing::info!("SIGTERM while the server starts: it stops as soon as it runs");
+                            }
+                            // Before that (asking for the passphrase, unlocking, opening the
+                            // database) nothing is in flight: stop now, as the signal's
+                            // default action would.
                             None => {
                                 tracing::info!("SIGTERM during start-up: stopping before the server starts");
                                 std::process::exit(0);
@@ -385,7 +403,7 @@ fn watch_signals() -> anyhow::Result<Arc<std::sync::OnceLock<Reloadable>>> {
                         }
                     }
                     _ = daily.tick() => {
-                        if let Some(r) = server.get()
+                        if let Some(r) = signals.server.get()
                             && let Err(e) = r.tls.rewrite_crl()
                         {
                             tracing::warn!("could not rewrite the CRL: {e}");
@@ -519,6 +537,7 @@ impl ServeCmd {
         let vault = Arc::new(vault);
         let server_vault = self.dev.then(|| vault.clone());
         let admin_vault = vault.clone();
+        signals.starting.store(true, std::sync::atomic::Ordering::SeqCst);
         let server = start(vault, options)?;
         let endpoint = match &ctx.config.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
@@ -542,7 +561,7 @@ impl ServeCmd {
                 }
             })
         })?;
-        let _ = signals.set(Reloadable {
+        let _ = signals.server.set(Reloadable {
             tls: reloader,
             live: server.live(),
             config_file: ctx.config_file.clone(),
@@ -572,7 +591,13 @@ impl ServeCmd {
             println!("  {}", c.curl_fetch);
         }
         drop(server_vault);
-        server.wait()?;
+        if signals.term_pending.load(std::sync::atomic::Ordering::SeqCst) {
+            // Asked to stop while starting (actix-server may not have been listening
+            // for signals yet): stop now, gracefully.
+            server.stop()?;
+        } else {
+            server.wait()?;
+        }
         tracing::info!("coffer stopped");
         Ok(())
     }
