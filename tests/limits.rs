@@ -551,6 +551,39 @@ fn connections_without_a_certificate_have_their_own_pool_and_cannot_crowd_device
     drop(strangers);
 }
 
+#[test]
+fn one_address_holds_at_most_eight_connections_without_a_certificate_and_idle_ones_beyond_are_cut() {
+    let server = start_server_with(options(|o| {
+        o.limits.header_timeout_secs = 60;
+    }));
+    let alice = member_device(&server, "alice");
+    // Eight idle strangers from one address are held...
+    let strangers: Vec<_> = (0..8)
+        .map(|_| raw_tls(server.client_config(None), server.addr()))
+        .collect();
+    wait_for_metric(&server, "coffer_open_connections", 8.0);
+    // ...a ninth that only holds its connection is cut within a few seconds (the
+    // watchdog's next sweep), without waiting for the header timeout...
+    let mut ninth = raw_tls(server.client_config(None), server.addr());
+    ninth
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match ninth.read(&mut buf) {
+        Ok(0) | Err(_) if started.elapsed() < Duration::from_secs(5) => {}
+        other => panic!(
+            "the ninth idle stranger was not cut: {other:?} after {:?}",
+            started.elapsed()
+        ),
+    }
+    // ...and devices are served meanwhile.
+    let mut device = Raw::open(&server, &alice);
+    assert_eq!(device.get("/v1/documents").expect("listing").status, 200);
+    drop(strangers);
+}
+
 // ---- limits.max_uploads ----
 
 #[test]

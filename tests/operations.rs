@@ -526,6 +526,12 @@ fn sigterm_lets_an_upload_in_flight_finish_within_the_grace() {
     server.wait_stderr("SIGTERM: no new connections", WAIT, "the stop");
     let why = assert_new_connections_refused(addr, &ca);
     eprintln!("a new connection after SIGTERM: {why}");
+    // The health listener still answers during the grace, and says the server is not
+    // ready (a load balancer or monitor stops sending it work).
+    let ready = health_get(health, "/readyz");
+    let body = String::from_utf8_lossy(&ready.body).into_owned();
+    assert_eq!(ready.status, 503, "{body}");
+    assert!(body.contains("\"serving\"") && body.contains("stopping"), "{body}");
 
     // The connection open before the signal goes on: after a pause (longer than actix's
     // 1 s shutdown poll, well within the 30 s grace), the rest of the body is taken and

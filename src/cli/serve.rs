@@ -151,12 +151,12 @@ fn warn_expiring_devices(vault: &crate::app::Vault) {
 
 /// Raises the soft limit on open files to the hard limit: every connection is a
 /// descriptor, and the usual soft limit (1024) is below what `max_connections` allows.
-fn raise_open_files(max_connections: u32) {
+fn raise_open_files(max_connections: u32, max_anonymous: u32) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     // Two descriptors per connection (its socket and the watchdog's duplicate), and up to
     // twice `max_connections` connections (the ones beyond it are answered 503).
-    let wanted = 4 * u64::from(max_connections) + 256;
+    let wanted = 2 * (2 * u64::from(max_connections) + u64::from(max_anonymous)) + 256;
     if limit.current.is_some_and(|c| c < wanted) {
         limit.current = limit.maximum;
         if setrlimit(Resource::Nofile, limit).is_err() {
@@ -166,7 +166,7 @@ fn raise_open_files(max_connections: u32) {
     let now = getrlimit(Resource::Nofile).current;
     if now.is_some_and(|c| c < wanted) {
         tracing::warn!(
-            "the open-file limit ({}) is below 4 x limits.max_connections + 256; raise LimitNOFILE",
+            "the open-file limit ({}) is below 4 x limits.max_connections + 2 x limits.max_anonymous_connections + 256; raise LimitNOFILE",
             now.unwrap_or(0)
         );
     }
@@ -382,11 +382,14 @@ fn watch_signals() -> anyhow::Result<Arc<Signals>> {
                         }
                         // actix-server stops on the same signal; this only says so.
                         match signals.server.get() {
-                            Some(r) => tracing::info!(
+                            Some(r) => {
+                                r.live.set_draining();
+                                tracing::info!(
                                 "SIGTERM: no new connections; requests in flight may finish within {} s, then the \
                                  rest are cut (an upload cut leaves nothing)",
                                 r.live.shutdown_grace_secs()
-                            ),
+                            );
+                            }
                             // While the server is being started, it is stopped as soon as it
                             // runs (the caller checks `term_pending`).
                             None if signals.starting.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -527,7 +530,10 @@ impl ServeCmd {
                 );
             }
         }
-        raise_open_files(ctx.config.limits.max_connections);
+        raise_open_files(
+            ctx.config.limits.max_connections,
+            ctx.config.limits.max_anonymous_connections,
+        );
         // The database is open here, so no other server runs on this data directory: a
         // socket file left by one that died is stale.
         let admin_listener = crate::admin::socket::bind(&paths.data_dir)?;

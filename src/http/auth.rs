@@ -322,11 +322,28 @@ impl BodyCheck {
                         "signature mismatch (streamed body)",
                     ));
                 }
+                // The device's request budget: spent now that the request is proven to be
+                // its own (see `verify_full`).
+                spend_request(state, p.device)?;
                 // Its signature was reserved against replays when the request began.
                 Ok(())
             }
         }
     }
+}
+
+/// Spends one request of `device`'s budget (`limits.device_requests_per_minute`).
+fn spend_request(state: &State, device: DeviceId) -> Result<(), Problem> {
+    state.requests.attempt(device).map_err(|wait| Problem {
+        retry_after: Some(wait),
+        ..Problem::detail(
+            Reason::TooManyRequests,
+            format!(
+                "this device made more than {} requests in a minute; retry in {wait} s",
+                state.requests.per_minute()
+            ),
+        )
+    })
 }
 
 fn payload_mismatch() -> Problem {
@@ -467,18 +484,11 @@ impl Identified {
         };
         // The device's request budget is spent only once the request is proven to be
         // its own (signed with its secret), so a copy of its certificate alone cannot
-        // exhaust it; failures have their own budget.
-        if let Err(wait) = state.requests.attempt(id) {
-            return Err(Problem {
-                retry_after: Some(wait),
-                ..Problem::detail(
-                    Reason::TooManyRequests,
-                    format!(
-                        "this device made more than {} requests in a minute; retry in {wait} s",
-                        state.requests.per_minute()
-                    ),
-                )
-            });
+        // exhaust it; failures have their own budget. A streamed body's signature is
+        // verified once the body is read: its request is counted then
+        // (`BodyCheck::finish`).
+        if !matches!(check, BodyCheck::Deferred(_)) {
+            spend_request(state, id)?;
         }
         let session = if need_session && settings.sessions && self.user.body.role != Role::Integration {
             match self.check_session(state, &request) {

@@ -30,7 +30,10 @@ const MAX_CONNECTIONS: usize = 16;
 /// What the health routes look at.
 pub struct Health {
     /// The API server's state (vault, metrics, transfers, ERP cache).
-    pub state: web::Data<State>,
+    /// Weak: the state drops with the API server (its drop flushes the audit log).
+    pub state: std::sync::Weak<State>,
+    /// Set when the server is asked to stop: `/readyz` then fails.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The server certificate in use (SIGHUP replaces it).
     pub cert: Arc<ServerCert>,
     /// `/readyz` fails when the certificate expires within this many days.
@@ -41,9 +44,15 @@ pub struct Health {
 
 impl Health {
     /// What the routes look at, before any probe.
-    pub fn new(state: web::Data<State>, cert: Arc<ServerCert>, min_cert_days: u32) -> Self {
+    pub fn new(
+        state: &web::Data<State>,
+        draining: Arc<std::sync::atomic::AtomicBool>,
+        cert: Arc<ServerCert>,
+        min_cert_days: u32,
+    ) -> Self {
         Self {
-            state,
+            state: Arc::downgrade(&state.clone().into_inner()),
+            draining,
             cert,
             min_cert_days,
             probe: tokio::sync::Mutex::new(None),
@@ -165,9 +174,26 @@ fn days_left(not_after: i64) -> f64 {
     (not_after as f64 - Timestamp::now().0 as f64 / 1000.0) / 86_400.0
 }
 
+fn stopping() -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/plain; charset=utf-8")
+        .body("the server is stopping\n")
+}
+
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
-    let mut checks = Vec::with_capacity(3);
-    let vault = health.state.vault.clone();
+    let Some(state) = health.state.upgrade() else {
+        return stopping();
+    };
+    let mut checks = Vec::with_capacity(4);
+    let vault = state.vault.clone();
+    drop(state);
+    if health.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        checks.push(Check {
+            name: "serving",
+            ok: false,
+            detail: "the server is stopping (SIGTERM): it accepts no new connections".to_owned(),
+        });
+    }
     checks.push(Check {
         name: "unlocked",
         // The server starts only once the key file is unlocked, and keeps the keys.
@@ -256,10 +282,13 @@ async fn database(health: &Health, vault: Arc<crate::app::Vault>) -> Result<(), 
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {
+    let Some(state) = health.state.upgrade() else {
+        return stopping();
+    };
     let h = health.clone();
     let text = web::block(move || {
-        refresh(&h);
-        h.state.metrics.encode()
+        refresh(&h, &state);
+        state.metrics.encode()
     })
     .await;
     match text {
@@ -274,8 +303,7 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
 }
 
 /// Brings the values read at scrape time up to date.
-fn refresh(health: &Health) {
-    let state = &health.state;
+fn refresh(health: &Health, state: &State) {
     let m = &state.metrics;
     let _one_at_a_time = m.scrape.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for (kind, label) in [(Transfer::Upload, "upload"), (Transfer::Download, "download")] {

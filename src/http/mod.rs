@@ -202,6 +202,7 @@ pub struct LiveSettings {
     /// Weak: the state must drop with the server (its drop flushes the audit log).
     state: std::sync::Weak<State>,
     shutdown_grace_secs: u32,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for LiveSettings {
@@ -221,6 +222,11 @@ impl LiveSettings {
         if let Some(state) = self.state.upgrade() {
             state.requests.set_per_minute(per_minute);
         }
+    }
+
+    /// The server is stopping: `/readyz` fails from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `limits.shutdown_grace_secs` of the running server.
@@ -286,6 +292,7 @@ impl RunningServer {
 
     /// Stops accepting, lets requests in flight finish, and waits for the thread.
     pub fn stop(self) -> Result<(), ServeError> {
+        self.live.set_draining();
         // The command is sent when `stop` is called; joining the thread waits for it.
         drop(self.handle.stop(true));
         self.wait()
@@ -347,8 +354,10 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         .saturating_add(l.max_anonymous_connections as usize);
     let metrics = Arc::new(metrics::Metrics::default());
     let connections = limits::Connections::new(l.max_connections, metrics.open_connections.clone());
-    // Connections without a client certificate have their own, smaller pool.
+    // Connections without a client certificate have their own, smaller pool, and a few
+    // per address.
     let anonymous = limits::Connections::new(l.max_anonymous_connections, metrics.open_connections.clone());
+    let anonymous_per_address = allowlist::PerAddress::new(ANONYMOUS_PER_ADDRESS.min(l.max_anonymous_connections));
     let grace = std::time::Duration::from_secs(u64::from(l.shutdown_grace_secs));
     let header_timeout = std::time::Duration::from_secs(u64::from(l.header_timeout_secs));
     // The backstop: twice the body idle timeout, so a stalled upload still gets its 408
@@ -397,7 +406,9 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     let summary_state = state.clone();
     let audit_days = options.audit_retention_days;
     let allow = Arc::new(std::sync::RwLock::new(Arc::new(options.allow.clone())));
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let live = LiveSettings {
+        draining: draining.clone(),
         allow: allow.clone(),
         state: Arc::downgrade(&state.clone().into_inner()),
         shutdown_grace_secs: options.limits.shutdown_grace_secs,
@@ -416,7 +427,8 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
         (
             l,
             web::Data::new(health::Health::new(
-                state.clone(),
+                &state,
+                draining.clone(),
                 cert.clone(),
                 options.min_server_cert_days,
             )),
@@ -437,6 +449,7 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                 let tcp_open = tcp_open.clone();
                 let connections = connections.clone();
                 let anonymous = anonymous.clone();
+                let anonymous_per_address = anonymous_per_address.clone();
                 let metrics = metrics.clone();
                 let app = App::new()
                     .app_data(state)
@@ -495,12 +508,35 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                         auth::on_connect(io, ext);
                         let with_cert = ext.get::<auth::ClientCert>().is_some_and(|c| c.0.is_some());
                         let pool = if with_cert { &connections } else { &anonymous };
-                        let (counted, over) = pool.enter();
+                        let (counted, mut over) = pool.enter();
                         ext.insert(std::rc::Rc::new(counted));
+                        if !with_cert {
+                            // A few connections per address without a certificate: one
+                            // address cannot take the whole anonymous pool (and with it
+                            // enrolment) from everyone.
+                            match io
+                                .get_ref()
+                                .0
+                                .peer_addr()
+                                .ok()
+                                .and_then(|p| anonymous_per_address.admit(p.ip()))
+                            {
+                                Some(slot) => {
+                                    ext.insert(std::rc::Rc::new(slot));
+                                }
+                                None => over = true,
+                            }
+                        }
+                        let watched = watchdog.watch(io.get_ref().0);
                         if over {
                             ext.insert(limits::OverCapacity);
+                            // A stranger beyond the pool is answered if it asks at once,
+                            // and cut within a second if it only holds the connection.
+                            if !with_cert && let Some(w) = &watched {
+                                w.cut_soon();
+                            }
                         }
-                        if let Some(watched) = watchdog.watch(io.get_ref().0) {
+                        if let Some(watched) = watched {
                             ext.insert(watched);
                         }
                     })
@@ -586,7 +622,15 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
     // The health listener runs apart (its own thread, worker and connection cap), so
     // nothing done to it can take connections or workers from the API.
     let health = match (&started, health) {
-        (Ok(Some(_)), Some((listener, data))) => Some(health::spawn(listener, data)?),
+        (Ok(Some(api)), Some((listener, data))) => match health::spawn(listener, data) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // Not half a server: the API stops too.
+                drop(api.stop(false));
+                let _ = thread.join();
+                return Err(e.into());
+            }
+        },
         _ => None,
     };
     match started {
@@ -680,6 +724,10 @@ async fn prune_audit(vault: Arc<Vault>, days: u32) {
 
 /// A TLS connection as the HTTP layer sees it.
 type TlsStream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+
+/// Connections without a client certificate one address (IPv6: /64) may hold; more are
+/// answered `503 too-many-connections` and cut.
+pub const ANONYMOUS_PER_ADDRESS: u32 = 8;
 
 /// A TCP connection counted from its accept (TLS handshake included) to its end.
 struct TcpSlot {

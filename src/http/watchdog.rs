@@ -43,6 +43,8 @@ struct Watched {
     socket: OwnedFd,
     activity: Arc<Activity>,
     closed: AtomicBool,
+    /// Cut at the next sweep, whatever its activity.
+    cut: AtomicBool,
 }
 
 /// Connection data: the connection's activity record (handlers touch it) and its entry in
@@ -60,6 +62,13 @@ pub struct Watchdog {
     epoch: Instant,
     idle: Duration,
     conns: Mutex<Vec<Weak<Watched>>>,
+}
+
+impl ConnActivity {
+    /// Has the connection cut at the watchdog's next sweep (within a second).
+    pub fn cut_soon(&self) {
+        self._entry.cut.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Watchdog {
@@ -97,6 +106,7 @@ impl Watchdog {
             socket,
             activity: activity.clone(),
             closed: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
         });
         self.conns
             .lock()
@@ -114,7 +124,8 @@ impl Watchdog {
             let Some(conn) = weak.upgrade() else {
                 return false; // the connection ended
             };
-            if conn.activity.idle_for() > self.idle && !conn.closed.swap(true, Ordering::Relaxed) {
+            let due = conn.cut.load(Ordering::Relaxed) || conn.activity.idle_for() > self.idle;
+            if due && !conn.closed.swap(true, Ordering::Relaxed) {
                 // Best effort: the socket may already be gone.
                 let _ = rustix::net::shutdown(&conn.socket, rustix::net::Shutdown::Both);
             }
