@@ -222,6 +222,11 @@ impl Pending {
         &self.request_id
     }
 
+    /// The route pattern (`(no route)` for none), found once per request.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
     /// Reads the device and user authentication noted, when asked (for the log line).
     pub fn who_reader(&self) -> std::rc::Rc<dyn Fn() -> Option<AuditWho>> {
         let slot = self.slot.clone();

@@ -486,7 +486,12 @@ pub fn start(vault: Arc<Vault>, options: ServerOptions) -> Result<RunningServer,
                     // refusals too.
                     .wrap_fn(|mut req, srv| {
                         let pending = audit::begin(&req);
-                        let observed = observe::begin(&mut req, pending.request_id().to_owned(), pending.who_reader());
+                        let observed = observe::begin(
+                            &mut req,
+                            pending.request_id().to_owned(),
+                            pending.pattern().to_owned(),
+                            pending.who_reader(),
+                        );
                         let call = actix_web::dev::Service::call(srv, req);
                         async move {
                             let mut res = call.await?;

@@ -115,7 +115,12 @@ pub struct Observed {
 }
 
 /// Before the handler: starts the clock and counts the request body as it is read.
-pub fn begin(req: &mut ServiceRequest, request_id: String, who: Rc<dyn Fn() -> Option<AuditWho>>) -> Observed {
+pub fn begin(
+    req: &mut ServiceRequest,
+    request_id: String,
+    route: String,
+    who: Rc<dyn Fn() -> Option<AuditWho>>,
+) -> Observed {
     let bytes_in = Rc::new(Cell::new(0u64));
     match req.take_payload() {
         Payload::None => {}
@@ -138,7 +143,7 @@ pub fn begin(req: &mut ServiceRequest, request_id: String, who: Rc<dyn Fn() -> O
         gate: state.map(|s| s.log_gate.clone()),
         start: Instant::now(),
         method: method_label(req.method()),
-        route: req.match_pattern().unwrap_or_else(|| "(no route)".to_owned()),
+        route,
         request_id,
         ip: req.peer_addr().map(|a| a.ip()),
         bytes_in,
