@@ -22,7 +22,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Every setting of coffer.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address `coffer serve` listens on (`serve --dev` ignores it: 127.0.0.1:8443 unless
@@ -62,7 +62,7 @@ pub struct Config {
 }
 
 /// How server logs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum LogFormat {
     /// One readable line per event (colours only on a terminal).
     #[default]
@@ -74,7 +74,7 @@ pub enum LogFormat {
 }
 
 /// Least severity that is logged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 pub enum LogLevel {
     /// Failures only.
     #[serde(rename = "error")]
@@ -116,7 +116,7 @@ impl std::str::FromStr for LogLevel {
 }
 
 /// `[log]`: server logs, written to stderr (journald keeps them under systemd).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"human"` (default) or `"json"` (one object per line).
@@ -127,7 +127,7 @@ pub struct LogConfig {
 
 /// `[health]`: `/healthz`, `/readyz` and `/metrics` over plain HTTP, for a local
 /// monitoring agent. Never expose it beyond the machine.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Address of the listener (default `127.0.0.1:9464`); `"off"` turns it off.
@@ -177,7 +177,7 @@ impl HealthConfig {
 }
 
 /// `[audit]`: the tamper-evident audit log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Entries older than this many days are pruned (the chain stays verifiable from an
@@ -216,7 +216,7 @@ impl Default for Config {
 }
 
 /// Lowest TLS version offered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum TlsVersion {
     /// TLS 1.2 (then only ECDHE key exchange with AEAD suites) and 1.3.
     #[serde(rename = "1.2")]
@@ -228,7 +228,7 @@ pub enum TlsVersion {
 }
 
 /// `[tls]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// `"1.3"` (default) or `"1.2"`.
@@ -236,7 +236,7 @@ pub struct TlsConfig {
 }
 
 /// `[limits]`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest document accepted, bytes.
@@ -293,7 +293,7 @@ impl Default for Limits {
 
 /// `[argon2]`: cost of new key files (`init`, `key passphrase`) and new password hashes.
 /// Existing hashes and key files keep the parameters they were made with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Argon2Config {
     /// Memory, KiB.
@@ -326,7 +326,7 @@ impl Argon2Config {
 }
 
 /// `[pki]`: lifetimes of the certificates coffer issues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PkiConfig {
     /// CA certificate, days (made once at `init`).
@@ -348,7 +348,7 @@ impl Default for PkiConfig {
 }
 
 /// `[auth]`: how requests prove who sent them.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Require an AWS SigV4 signature on every `/v1/` request.
@@ -404,7 +404,7 @@ impl Default for AuthConfig {
 }
 
 /// `[erp]`: the encrypted cache of ERP records.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErpConfig {
     /// How often records past their stale window are purged (a duration, e.g. `10m`).
@@ -429,7 +429,7 @@ impl Default for ErpConfig {
 }
 
 /// `[erp.collections.NAME]`: one collection of ERP records.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErpCollectionConfig {
     /// Roles that may read (`admin`, `member`, `integration`); only `integration` writes.
@@ -837,6 +837,32 @@ impl Config {
         Ok(())
     }
 
+    /// The keys (dotted, as written in the file: `limits.max_uploads`,
+    /// `erp.collections.customers.ttl`) whose values differ between `self` and `other`.
+    pub fn changed_keys(&self, other: &Self) -> Vec<String> {
+        fn walk(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+            match (a, b) {
+                (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                    for k in keys {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&key, a.get(k), b.get(k), out);
+                    }
+                }
+                (a, b) if a != b => out.push(prefix.to_owned()),
+                _ => {}
+            }
+        }
+        let (a, b) = (toml::Value::try_from(self).ok(), toml::Value::try_from(other).ok());
+        let mut out = Vec::new();
+        walk("", a.as_ref(), b.as_ref(), &mut out);
+        out
+    }
+
     /// The listen address: the configured one, else `fallback`.
     pub fn listen_or(&self, fallback: SocketAddr) -> SocketAddr {
         self.listen.unwrap_or(fallback)
@@ -857,6 +883,25 @@ mod tests {
         for bad in ["", "m", "1.5h", "-1s", "10w", "1 h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn changed_keys_are_named_as_written() {
+        let a = Config::from_toml(
+            "[limits]\nmax_uploads = 3\n[erp.collections.c]\nread_roles = [\"member\"]\n",
+            "a",
+        )
+        .unwrap();
+        let b = Config::from_toml(
+            "public_url = \"https://x\"\n[limits]\nmax_uploads = 4\n[erp.collections.c]\nread_roles = [\"member\"]\nttl = \"1h\"\n",
+            "b",
+        )
+        .unwrap();
+        assert_eq!(a.changed_keys(&a.clone()), Vec::<String>::new());
+        assert_eq!(
+            a.changed_keys(&b),
+            ["erp.collections.c.ttl", "limits.max_uploads", "public_url"]
+        );
     }
 
     #[test]

@@ -242,49 +242,12 @@ impl Reloadable {
                 }
             }
         }
-        let mut restart = Vec::new();
-        let (l, r) = (&new.limits, &running.limits);
-        for (changed, key) in [
-            (new.listen != running.listen, "listen"),
-            (new.tls != running.tls, "tls"),
-            (l.max_upload_bytes != r.max_upload_bytes, "limits.max_upload_bytes"),
-            (l.max_page_size != r.max_page_size, "limits.max_page_size"),
-            (l.max_connections != r.max_connections, "limits.max_connections"),
-            (
-                l.max_connections_per_ip != r.max_connections_per_ip,
-                "limits.max_connections_per_ip",
-            ),
-            (l.max_uploads != r.max_uploads, "limits.max_uploads"),
-            (l.max_downloads != r.max_downloads, "limits.max_downloads"),
-            (
-                l.max_transfers_per_device != r.max_transfers_per_device,
-                "limits.max_transfers_per_device",
-            ),
-            (
-                l.header_timeout_secs != r.header_timeout_secs,
-                "limits.header_timeout_secs",
-            ),
-            (
-                l.body_idle_timeout_secs != r.body_idle_timeout_secs,
-                "limits.body_idle_timeout_secs",
-            ),
-            (
-                l.shutdown_grace_secs != r.shutdown_grace_secs,
-                "limits.shutdown_grace_secs",
-            ),
-            (new.auth != running.auth, "auth"),
-            (new.pki != running.pki, "pki"),
-            (new.argon2 != running.argon2, "argon2"),
-            (new.erp != running.erp, "erp"),
-            (new.audit != running.audit, "audit"),
-            (new.health != running.health, "health"),
-            (new.log.format != running.log.format, "log.format"),
-            (new.public_url != running.public_url, "public_url"),
-        ] {
-            if changed {
-                restart.push(key);
-            }
-        }
+        // Everything else that changed waits for a restart.
+        let restart: Vec<String> = running
+            .changed_keys(&new)
+            .into_iter()
+            .filter(|k| !applied.contains(&k.as_str()))
+            .collect();
         if applied.is_empty() && restart.is_empty() {
             tracing::info!("SIGHUP: the configuration is unchanged");
         }
@@ -296,25 +259,14 @@ impl Reloadable {
                 "SIGHUP: changed settings that take effect at the next start: {}; restart coffer (systemctl restart coffer) to apply them",
                 restart.join(", ")
             );
-            // Kept as running, so the next SIGHUP names them again.
         }
-        let mut next = new;
-        if !restart.is_empty() {
-            let keep = running.clone();
-            next.listen = keep.listen;
-            next.tls = keep.tls;
-            next.limits = crate::config::Limits {
-                device_requests_per_minute: next.limits.device_requests_per_minute,
-                ..keep.limits
-            };
-            next.auth = keep.auth;
-            next.pki = keep.pki;
-            next.argon2 = keep.argon2;
-            next.erp = keep.erp;
-            next.audit = keep.audit;
-            next.health = keep.health;
-            next.log.format = keep.log.format;
-            next.public_url = keep.public_url;
+        // What runs now: the start's configuration with the settings applied live (the
+        // others stay as they run, so the next SIGHUP names them again).
+        let mut next = running.clone();
+        next.log.level = new.log.level;
+        next.limits.device_requests_per_minute = new.limits.device_requests_per_minute;
+        if applied.contains(&"allow_cidrs") {
+            next.allow_cidrs = new.allow_cidrs;
         }
         *running = next;
     }

@@ -268,50 +268,6 @@ impl Reason {
         }
     }
 
-    /// Every reason (for the API description's check and the docs).
-    pub const ALL: &'static [Reason] = &[
-        Self::ClientCertificateRequired,
-        Self::DeviceUnknown,
-        Self::DeviceRevoked,
-        Self::DeviceExpired,
-        Self::UserDisabled,
-        Self::SignatureRequired,
-        Self::SignatureInvalid,
-        Self::SignatureMismatch,
-        Self::AccessKeyMismatch,
-        Self::RequestTimeSkewed,
-        Self::SignedBeforeStart,
-        Self::Replayed,
-        Self::PayloadHashMismatch,
-        Self::SessionRequired,
-        Self::SessionInvalid,
-        Self::LoginFailed,
-        Self::TotpRequired,
-        Self::AccountLocked,
-        Self::TooManyAuthFailures,
-        Self::TooManyWrites,
-        Self::EnrolmentCodeInvalid,
-        Self::CsrInvalid,
-        Self::TooManyEnrolments,
-        Self::RoleNotPermitted,
-        Self::NotPermitted,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::InvalidRequest,
-        Self::PayloadTooLarge,
-        Self::RangeNotSatisfiable,
-        Self::RequestTimeout,
-        Self::TooManyTransfers,
-        Self::IntegrityError,
-        Self::Unavailable,
-        Self::UpstreamFailed,
-        Self::UpstreamTimeout,
-        Self::UpstreamBusy,
-        Self::TooManyRequests,
-        Self::TooManyConnections,
-        Self::Internal,
-    ];
-
     /// Whether this is a refusal by authentication or authorisation (counted in the
     /// `coffer_auth_rejections_total` metric by reason).
     pub fn is_authentication(self) -> bool {

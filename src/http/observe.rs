@@ -111,7 +111,6 @@ pub struct Observed {
     status: u16,
     reason: Option<Reason>,
     bytes_out: u64,
-    done: bool,
 }
 
 /// Before the handler: starts the clock and counts the request body as it is read.
@@ -152,7 +151,6 @@ pub fn begin(
         status: 499,
         reason: None,
         bytes_out: 0,
-        done: false,
     }
 }
 
@@ -173,10 +171,6 @@ pub fn finish<B: MessageBody + Unpin>(
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
         let elapsed = self.start.elapsed();
         let who = (self.who)();
         let bytes_in = self.bytes_in.get();
